@@ -1,0 +1,214 @@
+"""`autobatch.probe`: the largest batch that trains within the memory limit."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from autobatch import _units
+from autobatch.data import as_training_data
+from autobatch.errors import BatchDoesNotFitError, InvalidArgumentError, InvalidModelError
+from autobatch.memory.base import MemoryBackend
+from autobatch.probing.state import preserved
+from autobatch.probing.strategy import Observation, ProbeStrategy
+from autobatch.probing.trial import TrialOutcome, run_trial
+from autobatch.results import ProbeResult, ProbeTrial
+
+DEFAULT_MARGIN = 0.05
+
+
+def check_model(model: Any) -> None:
+    """Raise `InvalidModelError` unless ``model`` is a compiled Keras model."""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise InvalidModelError(
+            f"model is a {type(model).__name__}. Expected a compiled keras.Model "
+            "(Sequential, functional or subclassed). Build it with keras, then call "
+            "model.compile(optimizer=..., loss=...)."
+        )
+    if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
+        raise InvalidModelError(
+            f"model {model.name!r} is not compiled. Expected a compiled model so the probe can "
+            "run real training steps: call model.compile(optimizer='adam', loss=...) first."
+        )
+
+
+def probe(
+    model: Any,
+    data: Any,
+    *,
+    memory_limit: int | str | None = None,
+    margin: float = DEFAULT_MARGIN,
+    max_batch_size: int | None = None,
+    steps_per_trial: int = 3,
+    memory: MemoryBackend | None = None,
+    verbose: int = 1,
+) -> ProbeResult:
+    """Find the largest batch size that trains ``model`` on ``data`` within the memory limit.
+
+    Runs a few real training steps (forward, backward, optimizer update) at a handful of
+    batch sizes, fits ``peak = fixed + bytes_per_sample * batch_size`` to the peaks it
+    measures, jumps near the limit and verifies there. The model's weights, optimizer state
+    and compile settings are exactly as before when it returns, whatever happens.
+
+    Args:
+        model: A compiled ``keras.Model``.
+        data: ``(x, y)`` or ``(x, y, sample_weight)`` arrays (dicts/lists for several inputs),
+            an unbatched ``tf.data.Dataset``, or a callable ``batch_size -> batched dataset``.
+        memory_limit: Bytes or a size such as ``"6GiB"``; overrides the detected limit (the
+            GPU allocator's, or host RAM and the process's cgroup limit on CPU).
+        margin: Fraction of the free memory (limit minus what is in use before the first
+            trial) that the answer leaves unused, against fragmentation and run-to-run noise.
+        max_batch_size: Never try batches above this (default: the number of samples).
+        steps_per_trial: Training steps per trial; the first also traces or compiles.
+        memory: A memory backend to use instead of the detected one (e.g. ``FakeMemory``).
+        verbose: 0 silent, 1 one line per trial.
+
+    Returns:
+        A `ProbeResult`; ``result.max_batch_size`` is the answer.
+
+    Example:
+        >>> result = autobatch.probe(model, (x_train, y_train), memory_limit="4GiB")
+        >>> model.fit(x_train, y_train, batch_size=result.max_batch_size)
+    """
+    started = time.perf_counter()
+    check_model(model)
+    training_data = as_training_data(data)
+    if not 0.0 <= margin < 1.0:
+        raise InvalidArgumentError(
+            f"margin={margin!r} is outside [0, 1). Expected the fraction of free memory to keep "
+            "unused, e.g. margin=0.05 for 5%."
+        )
+    if steps_per_trial < 1:
+        raise InvalidArgumentError(
+            f"steps_per_trial={steps_per_trial!r}; expected at least 1 (2 or more to time steps)."
+        )
+    if max_batch_size is not None and max_batch_size < 1:
+        raise InvalidArgumentError(f"max_batch_size={max_batch_size!r}; expected at least 1.")
+    limit_override = None if memory_limit is None else _units.parse_bytes(memory_limit)
+    if memory is None:
+        from autobatch.memory import detect_memory
+
+        memory = detect_memory(limit_override)
+    elif limit_override is not None:
+        raise InvalidArgumentError(
+            "Both memory= and memory_limit= were given. Pass one: memory_limit overrides the "
+            "detected limit; memory replaces the whole memory backend (which has its own limit)."
+        )
+
+    from autobatch import report
+
+    progress = report.probe_progress(verbose)
+    limit = memory.limit_bytes()
+    baseline = memory.current_bytes()
+    if baseline >= limit:
+        raise BatchDoesNotFitError(
+            f"The memory limit is {_units.format_bytes(limit)} ({memory.limit_source}) but "
+            f"{_units.format_bytes(baseline)} is already in use on {memory.device}, before any "
+            "training step. Raise memory_limit, or free memory (other processes, cached data)."
+        )
+    sample_cap = training_data.num_samples
+    if max_batch_size is not None:
+        sample_cap = min(sample_cap or max_batch_size, max_batch_size)
+    strategy = ProbeStrategy(
+        limit_bytes=limit,
+        baseline_bytes=baseline,
+        margin=margin,
+        max_batch_size=sample_cap,
+        oom_is_catchable=memory.oom_is_catchable,
+    )
+
+    history: list[Observation] = []
+    outcomes: list[tuple[TrialOutcome, bool]] = []
+    with preserved(model), progress:
+        while (proposal := strategy.propose(history)) is not None:
+            outcome = run_trial(
+                model, training_data, proposal.batch_size, memory, steps=steps_per_trial
+            )
+            observation = Observation(outcome.batch_size, outcome.peak_bytes)
+            history.append(observation)
+            outcomes.append((outcome, proposal.fitted))
+            progress.trial_done(_trial_record(outcome, proposal.fitted, strategy, observation))
+
+    trials = [
+        _trial_record(o, fitted, strategy, Observation(o.batch_size, o.peak_bytes))
+        for o, fitted in outcomes
+    ]
+    answer = strategy.answer(history)
+    if answer == 0:
+        smallest = min(trials, key=lambda t: t.batch_size)
+        needs = (
+            f"it peaked at {_units.format_bytes(smallest.peak_bytes)}"
+            if smallest.peak_bytes is not None
+            else "it ran out of memory"
+        )
+        raise BatchDoesNotFitError(
+            f"Batch size {smallest.batch_size} does not fit: {needs}, while the usable memory "
+            f"is {_units.format_bytes(strategy.usable_bytes)} (limit "
+            f"{_units.format_bytes(limit)} from {memory.limit_source}, margin {margin:.0%} of "
+            f"the {_units.format_bytes(limit - baseline)} free). Raise memory_limit, lower the "
+            "margin, or shrink the model or its inputs."
+        )
+    fitted = strategy.memory_model(history)
+    result = ProbeResult(
+        max_batch_size=answer,
+        limit_bytes=limit,
+        limit_source=memory.limit_source,
+        backend=_keras_backend(),
+        device=memory.device,
+        memory_source=memory.peak_source,
+        bytes_per_sample=None if fitted is None else fitted.bytes_per_sample,
+        fixed_bytes=None if fitted is None else fitted.fixed_bytes,
+        margin=margin,
+        baseline_bytes=baseline,
+        usable_bytes=strategy.usable_bytes,
+        num_samples=training_data.num_samples,
+        trials=trials,
+        seconds=time.perf_counter() - started,
+        num_oom=sum(o.out_of_memory for o, _ in outcomes),
+        stop_reason=strategy.stop_reason,
+        versions=library_versions(),
+    )
+    progress.done(result)
+    return result
+
+
+def _trial_record(
+    outcome: TrialOutcome, fitted: bool, strategy: ProbeStrategy, observation: Observation
+) -> ProbeTrial:
+    error = None
+    if outcome.out_of_memory:
+        error = "out of memory"
+    elif not strategy.fits(observation):
+        error = "above the safety margin"
+    return ProbeTrial(
+        batch_size=outcome.batch_size,
+        peak_bytes=outcome.peak_bytes,
+        seconds_per_step=outcome.seconds_per_step,
+        samples_per_second=outcome.samples_per_second,
+        fits=strategy.fits(observation),
+        fitted=fitted,
+        steps=outcome.steps,
+        error=error,
+        seconds=outcome.seconds,
+    )
+
+
+def _keras_backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what decides memory and behaviour, recorded in every result."""
+    import importlib.metadata as metadata
+
+    versions = {}
+    for name in ("keras-autobatch", "keras", "tensorflow", "jax", "torch", "keras-tuner"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,106 @@
+"""One probe trial: a few real training steps of the caller's model at one batch size."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from autobatch.data import TrainingData
+from autobatch.errors import NoTrainingError, TrialError
+from autobatch.memory.base import MemoryBackend
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    batch_size: int
+    peak_bytes: int | None
+    steps: int
+    seconds_per_step: float | None
+    seconds: float
+    out_of_memory: bool
+
+    @property
+    def samples_per_second(self) -> float | None:
+        if not self.seconds_per_step:
+            return None
+        return self.batch_size / self.seconds_per_step
+
+
+def _step_timer() -> Any:
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        """Waits for each step's loss, so a late out-of-memory surfaces inside the trial,
+        and times the steps after the first (which includes tracing or compiling)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.step_ends: list[float] = []
+            self.last_loss = math.nan
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if logs and "loss" in logs:
+                self.last_loss = float(logs["loss"])
+            self.step_ends.append(time.perf_counter())
+
+        def seconds_per_step(self) -> float | None:
+            if len(self.step_ends) < 2:
+                return None
+            return (self.step_ends[-1] - self.step_ends[0]) / (len(self.step_ends) - 1)
+
+    return StepTimer()
+
+
+def run_trial(
+    model: Any, data: TrainingData, batch_size: int, memory: MemoryBackend, *, steps: int
+) -> TrialOutcome:
+    """Train ``model`` for ``steps`` steps at ``batch_size`` and measure the peak memory.
+
+    Only out-of-memory errors are caught (and the memory released); anything else is raised
+    as `TrialError`. The caller restores the model's state (see `autobatch.probing.state`).
+    """
+    inputs = data.probe_inputs(batch_size, steps)
+    timer = _step_timer()
+    iterations_before = int(model.optimizer.iterations.numpy())
+    # A fresh train function per trial: a cached one would retrace for every new batch shape
+    # and keep all those graphs alive.
+    model.train_function = None
+    out_of_memory = False
+    started = time.perf_counter()
+    try:
+        with memory.trial(batch_size) as reading:
+            model.fit(
+                **inputs.kwargs,
+                epochs=1,
+                steps_per_epoch=inputs.steps,
+                verbose=0,
+                callbacks=[timer],
+            )
+    except Exception as error:  # noqa: BLE001 - only out-of-memory is swallowed, below
+        if not memory.is_out_of_memory(error):
+            raise TrialError(
+                f"Training at batch size {batch_size} failed with {type(error).__name__}: "
+                f"{error}. This is not an out-of-memory error, so autobatch stopped; check that "
+                "model.fit works on this data at a small batch size."
+            ) from error
+        out_of_memory = True
+    seconds = time.perf_counter() - started
+    model.train_function = None
+    if out_of_memory:
+        # Outside the except block: its traceback no longer pins the failed step's tensors.
+        memory.release()
+        return TrialOutcome(batch_size, None, 0, None, seconds, True)
+
+    steps_run = int(model.optimizer.iterations.numpy()) - iterations_before
+    if steps_run < inputs.steps:
+        raise NoTrainingError(
+            f"The trial at batch size {batch_size} ran {steps_run} of {inputs.steps} optimizer "
+            "steps, so it measured nothing. The data ran out (a dataset smaller than one batch, "
+            "or a callable that yields fewer batches than asked), or the model has no trainable "
+            "weights. Check that model.fit(...) trains on this data."
+        )
+    return TrialOutcome(
+        batch_size, reading.peak_bytes, steps_run, timer.seconds_per_step(), seconds, False
+    )

@@ -1,0 +1,214 @@
+"""Result objects of a probe and of a search: stable fields, dict and JSON round trips.
+
+These are the contract with pipelines that store results, so fields are only ever added.
+``from_dict`` ignores keys it does not know, so a result written by a newer autobatch
+still loads in an older one. This module imports nothing else of autobatch's except
+(lazily) the report module for ``plot()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+SCHEMA_VERSION = 1
+
+_T = TypeVar("_T")
+
+
+def _from_known_fields(cls: type[_T], data: dict[str, Any]) -> _T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{key: value for key, value in data.items() if key in names})
+
+
+class _JsonMixin:
+    def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
+        """Return the result as JSON; also write it to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=indent)  # type: ignore[attr-defined]
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path):
+        """Load a result from a JSON string or from a path to a JSON file."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ProbeTrial:
+    """One probe trial: a few real training steps at one batch size."""
+
+    batch_size: int
+    peak_bytes: int | None
+    """Peak memory during the trial (None when it ran out of memory)."""
+    seconds_per_step: float | None
+    samples_per_second: float | None
+    fits: bool
+    """True when the trial ran and its peak stayed within the usable memory (limit minus margin)."""
+    fitted: bool
+    """True when the batch size was chosen from the fitted memory model rather than a fixed step."""
+    steps: int = 0
+    """Optimizer steps that actually ran."""
+    error: str | None = None
+    """Why the trial did not fit: "out of memory", "above the safety margin", ..."""
+    seconds: float = 0.0
+    """Wall seconds of the whole trial, compilation included."""
+
+
+@dataclass(frozen=True)
+class ProbeResult(_JsonMixin):
+    """What `autobatch.probe` found: the largest batch that fits, and the measured memory curve.
+
+    Example:
+        >>> result = autobatch.probe(model, (x, y))
+        >>> result.max_batch_size
+        512
+        >>> result.to_json("probe.json")
+    """
+
+    max_batch_size: int
+    limit_bytes: int
+    """The memory the trials may reach: the detected or given limit."""
+    limit_source: str
+    """Where the limit came from: "cgroup", "host RAM", "GPU:0 allocator", "memory_limit argument"."""
+    backend: str
+    """Keras backend the trials ran on ("tensorflow", "jax", "torch")."""
+    device: str
+    """What was measured, e.g. "CPU (host RAM)", "GPU:0"."""
+    memory_source: str
+    """How peaks were measured, e.g. "process peak RSS (VmHWM)", "tensorflow allocator peak"."""
+    bytes_per_sample: float | None
+    """Slope of the fitted memory model: peak = fixed_bytes + bytes_per_sample * batch_size."""
+    fixed_bytes: float | None
+    margin: float
+    """Fraction of the headroom (limit minus memory in use before probing) kept free."""
+    baseline_bytes: int
+    """Memory in use before the first trial."""
+    usable_bytes: int
+    """Peak a trial may reach and still count as fitting: baseline + (limit - baseline) * (1 - margin)."""
+    num_samples: int | None
+    """Training samples available (the answer is never above it); None when unknown."""
+    trials: list[ProbeTrial] = field(default_factory=list)
+    seconds: float = 0.0
+    num_oom: int = 0
+    stop_reason: str = ""
+    """Why the probe stopped, in words (e.g. "limited by the number of samples")."""
+    from_cache: bool = False
+    versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_trials(self) -> int:
+        return len(self.trials)
+
+    @property
+    def margin_bytes(self) -> int:
+        return self.limit_bytes - self.usable_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["num_trials"] = self.num_trials
+        data["kind"] = "probe"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+        data = dict(data)
+        data["trials"] = [_from_known_fields(ProbeTrial, t) for t in data.get("trials", [])]
+        return _from_known_fields(cls, data)
+
+    def plot(self, directory: str | Path) -> list[Path]:
+        """Write PNG plots of this probe to ``directory``; needs matplotlib."""
+        from autobatch import report
+
+        return report.plot_probe(self, directory)
+
+
+@dataclass(frozen=True)
+class TuneTrial:
+    """One search candidate: a batch size and steps_per_epoch, trained on the shared budget."""
+
+    batch_size: int
+    steps_per_epoch: int
+    status: str
+    """"completed", "failed" (out of memory, NaN loss) or "stopped early"."""
+    val_loss: float | None
+    """Best validation loss reached (None for a failed candidate)."""
+    best_epoch: int | None
+    """1-based epoch of the best validation loss."""
+    samples_seen: int
+    seconds: float
+    samples_per_second: float | None
+    error: str | None = None
+    trial_id: str | None = None
+    val_loss_history: list[float] = field(default_factory=list)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    """Every hyperparameter of the candidate, including a HyperModel's own."""
+
+
+@dataclass(frozen=True)
+class TuneResult(_JsonMixin):
+    """What `autobatch.tune` found: the settings to train with.
+
+    Example:
+        >>> result = autobatch.tune(model, (x, y))
+        >>> model.fit(x, y, **result.fit_kwargs())
+    """
+
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    val_loss: float
+    trials: list[TuneTrial]
+    probe: ProbeResult | None
+    tuner: str
+    budget_samples: int | None
+    """Training samples each candidate could see (the equal budget)."""
+    seconds: float = 0.0
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    """The best candidate's hyperparameters (a HyperModel's own included)."""
+    versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def fit_kwargs(self) -> dict[str, int]:
+        """Keyword arguments for ``model.fit``: batch_size, steps_per_epoch and epochs."""
+        return {
+            "batch_size": self.batch_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["probe"] = None if self.probe is None else self.probe.to_dict()
+        data["kind"] = "tune"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuneResult:
+        data = dict(data)
+        data["trials"] = [_from_known_fields(TuneTrial, t) for t in data.get("trials", [])]
+        if data.get("probe") is not None:
+            data["probe"] = ProbeResult.from_dict(data["probe"])
+        return _from_known_fields(cls, data)
+
+    def plot(self, directory: str | Path) -> list[Path]:
+        """Write PNG plots of this search (and its probe) to ``directory``; needs matplotlib."""
+        from autobatch import report
+
+        return report.plot_tune(self, directory)
+
+
+def load_result(path: str | Path) -> ProbeResult | TuneResult:
+    """Load a probe or tune result saved with ``to_json``."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if data.get("kind") == "tune" or "steps_per_epoch" in data:
+        return TuneResult.from_dict(data)
+    return ProbeResult.from_dict(data)
