@@ -1,0 +1,157 @@
+"""Host RAM: the peak resident set size (RSS) of this process during a trial.
+
+On CPU, TensorFlow gives memory back after each step, so RSS after a trial says little:
+the peak during the trial is what must fit. On Linux the kernel keeps that peak
+(``VmHWM`` in /proc/self/status) and resets it to the current RSS when "5" is written to
+/proc/self/clear_refs (Linux 4.0+), which measures the peak exactly and for free. Where
+that is not possible (macOS, Windows, a locked-down /proc), a background thread samples
+RSS with psutil every 2 ms, which can miss a short spike. (The reset also lowers what
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` reports for this process afterwards.)
+
+The limit is this process's RSS plus the room left before the OOM killer: the cgroup's
+headroom (limit minus its working set) or the host's available RAM, whichever is
+smaller. Running out of host RAM kills the process (SIGKILL), so ``oom_is_catchable`` is
+False and the probe must stay below the limit.
+
+Example:
+    >>> memory = HostMemory()
+    >>> with memory.trial(32) as reading:
+    ...     model.train_on_batch(x[:32], y[:32])
+    >>> reading.peak_bytes <= memory.limit_bytes()
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+import psutil
+
+from autobatch._units import parse_bytes
+from autobatch.memory.base import MemoryBackend
+from autobatch.memory.cgroup import read_cgroup_memory
+
+__all__ = ["HostMemory"]
+
+_SAMPLE_INTERVAL_S = 0.002
+_STATUS_KB = re.compile(r"^(VmHWM|VmRSS):\s+(\d+)\s+kB", re.MULTILINE)
+
+
+class HostMemory(MemoryBackend):
+    """Peak RSS of this process against the cgroup or host RAM limit."""
+
+    name = "host"
+    device = "CPU (host RAM)"
+    oom_is_catchable = False
+
+    def __init__(
+        self,
+        memory_limit: int | None = None,
+        *,
+        proc_self: str | os.PathLike[str] = "/proc/self",
+        cgroup_root: str | os.PathLike[str] = "/",
+    ) -> None:
+        """
+        Args:
+            memory_limit: bytes; replaces the detected limit (``limit_source`` then says
+                "memory_limit argument").
+            proc_self: where to find ``clear_refs`` and ``status`` (for tests).
+            cgroup_root: file system root under which to look for the cgroup (for tests).
+        """
+        self._memory_limit = None if memory_limit is None else parse_bytes(memory_limit)
+        self._proc_self = Path(proc_self)
+        self._cgroup_root = cgroup_root
+        self._process = psutil.Process()
+        self._sampler: _RssSampler | None = None
+        self._use_vmhwm = self._reset_vmhwm() and self._read_status("VmHWM") is not None
+        self.peak_source = (
+            "process peak RSS (VmHWM)" if self._use_vmhwm else "sampled RSS (psutil, every 2 ms)"
+        )
+        self.limit_bytes()  # sets limit_source
+
+    def limit_bytes(self) -> int:
+        if self._memory_limit is not None:
+            self.limit_source = "memory_limit argument"
+            return self._memory_limit
+        available = int(psutil.virtual_memory().available)
+        cgroup = read_cgroup_memory(self._cgroup_root)
+        headroom = None if cgroup is None else cgroup.headroom_bytes
+        if headroom is not None and headroom < available:
+            self.limit_source = "cgroup"
+            return self.current_bytes() + headroom
+        self.limit_source = "host RAM"
+        return self.current_bytes() + available
+
+    def current_bytes(self) -> int:
+        rss = self._read_status("VmRSS")
+        return rss if rss is not None else int(self._process.memory_info().rss)
+
+    def _reset_peak(self) -> None:
+        if self._use_vmhwm and self._reset_vmhwm():
+            return
+        self._use_vmhwm = False  # clear_refs stopped working: measure by sampling instead
+        self.peak_source = "sampled RSS (psutil, every 2 ms)"
+        self._stop_sampler()
+        self._sampler = _RssSampler(self._process)
+        self._sampler.start()
+
+    def _read_peak(self) -> int:
+        if self._use_vmhwm:
+            peak = self._read_status("VmHWM")
+            if peak is not None:
+                return peak
+        if self._sampler is None:
+            return self.current_bytes()
+        return self._stop_sampler()
+
+    def _stop_sampler(self) -> int:
+        sampler, self._sampler = self._sampler, None
+        return sampler.stop() if sampler is not None else 0
+
+    def _reset_vmhwm(self) -> bool:
+        try:
+            (self._proc_self / "clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+    def _read_status(self, key: str) -> int | None:
+        try:
+            text = (self._proc_self / "status").read_text()
+        except OSError:
+            return None
+        for name, kib in _STATUS_KB.findall(text):
+            if name == key:
+                return int(kib) * 1024
+        return None
+
+
+class _RssSampler:
+    """A daemon thread that records the largest RSS seen until stopped."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self._process = process
+        self._stop = threading.Event()
+        self._peak = self._rss()
+        self._thread = threading.Thread(target=self._run, name="autobatch-rss", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._rss())
+        return self._peak
+
+    def _run(self) -> None:
+        while not self._stop.wait(_SAMPLE_INTERVAL_S):
+            self._peak = max(self._peak, self._rss())
+
+    def _rss(self) -> int:
+        try:
+            return int(self._process.memory_info().rss)
+        except psutil.Error:
+            return 0
