@@ -122,6 +122,12 @@ def probe(
     history: list[Observation] = []
     outcomes: list[tuple[TrialOutcome, bool]] = []
     with preserved(model), progress:
+        # The first fit of a process pays one-time costs (runtime start-up, kernels, the input
+        # pipeline's buffers) and leaves some of them allocated, which would skew the slope
+        # between the first two measured trials. One step at batch 1, not measured, pays them.
+        warmup = run_trial(model, training_data, 1, memory, steps=1)
+        if warmup.out_of_memory:
+            history.append(Observation(1, None))
         while (proposal := strategy.propose(history)) is not None:
             outcome = run_trial(
                 model, training_data, proposal.batch_size, memory, steps=steps_per_trial

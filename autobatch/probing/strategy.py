@@ -11,9 +11,9 @@ jumps to where it predicts the usable memory ends, then verifies there:
    that did not fit.
 
 When running out of memory cannot be caught (host RAM: the kernel's OOM killer sends SIGKILL),
-a jump of more than twice the largest batch measured goes only half way to the usable memory
-(and at most ``max_growth`` times further), so a curve that bends upwards is measured before
-it can kill the process; the margin absorbs what the line still misses. Like keras-tuner's Oracle, this class only decides; the trial runs elsewhere.
+each step goes at most a third of the way from the largest measured peak to the limit (and at most
+``max_growth`` times the largest batch), so a curve that bends upwards is measured before it
+can kill the process; the margin absorbs what the line still misses. Like keras-tuner's Oracle, this class only decides; the trial runs elsewhere.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class ProbeStrategy:
         baseline_bytes: int,
         margin: float,
         max_batch_size: int | None = None,
-        start_batch_size: int = 8,
+        start_batch_size: int | None = None,
         oom_is_catchable: bool = True,
         tolerance: float = 0.01,
         max_growth: float = 16.0,
@@ -82,6 +82,11 @@ class ProbeStrategy:
         self.baseline_bytes = baseline_bytes
         self.usable_bytes = int(baseline_bytes + (limit_bytes - baseline_bytes) * (1.0 - margin))
         self.max_batch_size = max_batch_size if max_batch_size is not None else math.inf
+        # Host RAM starts at batch 1: if that is too much, nothing fits, and any larger first
+        # trial could be the one the OOM killer ends. A catchable device can afford a bolder
+        # start, which gives the first line fit a better-measured point.
+        if start_batch_size is None:
+            start_batch_size = 8 if oom_is_catchable else 1
         self.start_batch_size = start_batch_size
         self.oom_is_catchable = oom_is_catchable
         self.tolerance = tolerance
@@ -95,8 +100,28 @@ class ProbeStrategy:
         return observation.peak_bytes is not None and observation.peak_bytes <= self.usable_bytes
 
     def answer(self, history: list[Observation]) -> int:
-        """The largest verified batch size; 0 when none fitted."""
-        return max((o.batch_size for o in history if self.fits(o)), default=0)
+        """The largest batch size that fits; 0 when none did.
+
+        That is the largest verified batch, or, when a larger batch ran within the limit but
+        past the margin, the batch interpolated between the two where the usable memory
+        ends: the larger trial shows that it runs, the interpolation keeps the margin.
+        """
+        fitting = [o for o in history if self.fits(o)]
+        if not fitting:
+            return 0
+        low = max(fitting, key=lambda o: o.batch_size)
+        ran_past_margin = [
+            o
+            for o in history
+            if o.peak_bytes is not None and not self.fits(o) and o.batch_size > low.batch_size
+        ]
+        if not ran_past_margin:
+            return low.batch_size
+        high = min(ran_past_margin, key=lambda o: o.batch_size)
+        assert low.peak_bytes is not None and high.peak_bytes is not None
+        share = (self.usable_bytes - low.peak_bytes) / (high.peak_bytes - low.peak_bytes)
+        between = math.floor(low.batch_size + share * (high.batch_size - low.batch_size))
+        return max(low.batch_size, min(between, high.batch_size - 1))
 
     def memory_model(self, history: list[Observation]) -> MemoryModel | None:
         """The line through the two largest measured batches (one point: through the baseline).
@@ -129,7 +154,7 @@ class ProbeStrategy:
     def _next(self, history: list[Observation]) -> tuple[Proposal | None, str]:
         if len(history) >= self.max_trials:
             return None, f"reached the trial limit ({self.max_trials})"
-        largest_fit = self.answer(history)
+        largest_fit = max((o.batch_size for o in history if self.fits(o)), default=0)
         smallest_fail = min((o.batch_size for o in history if not self.fits(o)), default=math.inf)
         cap = min(self.max_batch_size, smallest_fail - 1)
 
@@ -138,36 +163,52 @@ class ProbeStrategy:
         if largest_fit == 0:
             if smallest_fail <= 1:
                 return None, "batch size 1 does not fit"
-            # Nothing fitted yet: shrink fast; the model below needs one point that fits.
-            return Proposal(max(1, int(smallest_fail) // 4), False), ""
+            # Nothing fitted yet: batch 1 either fits and gives the line its first point, or
+            # nothing does. Halving instead could run out of memory again and again.
+            return Proposal(1, False), ""
         if largest_fit >= self.max_batch_size:
             return None, "limited by the number of training samples"
         if largest_fit >= cap:
             return None, "the next batch size up did not fit"
+        if not self.oom_is_catchable and smallest_fail is not math.inf:
+            # After a trial past the margin, host measurements are inflated by the memory that
+            # trial left behind: trials further down would mislead, so stop at the largest fit.
+            return None, "a trial went past the safety margin"
 
         model = self.memory_model(history)
         assert model is not None  # a batch fitted, so a peak was measured
         measured = sorted({o.batch_size for o in history if o.peak_bytes is not None})
         edge = model.largest_batch_under(self.usable_bytes)
-        step = max(1.0, self.tolerance * largest_fit)
-        if cap - largest_fit <= step:
+        close_enough = self.tolerance * largest_fit
+        if cap - largest_fit < max(1, close_enough):
             return None, "bracketed the limit within the tolerance"
         if len(measured) == 1:
             # The one-point line is only an upper bound on the cost: its edge is a floor, and
-            # a step past it is needed to measure the slope at all.
-            edge = max(edge, 2 * largest_fit if self.oom_is_catchable else largest_fit + 1)
-        elif edge - largest_fit < step:
+            # a step past it is needed to measure the slope at all. On host RAM that step is
+            # one sample, taken only while the measured peak is below the limit: it could kill
+            # only if one sample cost more than the margin, which then allows ~1/margin samples.
+            largest_peak = model.predict(largest_fit)
+            if self.oom_is_catchable:
+                edge = max(edge, 2 * largest_fit)
+            elif largest_peak < self.limit_bytes:
+                edge = max(edge, largest_fit + 1)
+            elif math.floor(edge) <= largest_fit:
+                return None, "a larger batch could cross the limit"
+        elif math.floor(edge) <= largest_fit or edge - largest_fit < close_enough:
             return None, "reached the predicted memory limit"
 
         if edge >= smallest_fail:
             # The line is wrong above the largest fit: split the bracket instead.
             target = largest_fit + (smallest_fail - largest_fit) / 2
-        elif not self.oom_is_catchable and edge > 2 * measured[-1]:
-            # A far jump could meet a curve that bends upwards, and here that would kill the
-            # process: go half way to the usable memory first, and measure again there.
-            largest_peak = model.predict(measured[-1])
-            target = model.largest_batch_under((largest_peak + self.usable_bytes) / 2)
-            target = min(target, measured[-1] * self.max_growth)
+        elif not self.oom_is_catchable:
+            # Host memory is not linear in the batch (TF on CPU switches kernels and keeps
+            # freed memory: on a small CNN the slope grew 2.6x between batch 512 and 900), and
+            # crossing the limit kills the process. Each step therefore goes at most a third
+            # of the way from the largest measured peak to the limit: a step that costs three
+            # times what the line predicts still survives, and the next one is measured.
+            largest_peak = max(o.peak_bytes for o in history if o.peak_bytes is not None)
+            step_limit = largest_peak + (self.limit_bytes - largest_peak) / 3
+            target = min(edge, model.largest_batch_under(step_limit), measured[-1] * self.max_growth)
         else:
             target = edge
         batch_size = int(min(max(math.floor(target), largest_fit + 1), cap))

@@ -1,0 +1,166 @@
+"""The pure search strategy against exact simulated memory curves: no Keras, milliseconds."""
+
+import math
+
+import pytest
+
+from autobatch.probing.strategy import MemoryModel, Observation, ProbeStrategy
+
+
+class ProcessKilled(Exception):
+    """Stands for the kernel's OOM killer in simulations of host memory."""
+
+
+def simulate(limit, peak_of, *, margin=0.0, num_samples=None, catchable=True, baseline=0, start=None):
+    strategy = ProbeStrategy(
+        limit_bytes=limit,
+        baseline_bytes=baseline,
+        margin=margin,
+        max_batch_size=num_samples,
+        oom_is_catchable=catchable,
+        start_batch_size=start,
+    )
+    history = []
+    while (proposal := strategy.propose(history)) is not None:
+        peak = peak_of(proposal.batch_size)
+        if peak > limit:
+            if not catchable:
+                raise ProcessKilled(f"batch {proposal.batch_size} peaked at {peak} > {limit}")
+            peak = None
+        history.append(Observation(proposal.batch_size, peak))
+    return strategy, history
+
+
+def true_max(usable, peak_of, cap=10**7):
+    """The largest batch whose peak is within ``usable``, by exhaustive scan."""
+    best, batch = 0, 1
+    while batch <= cap and peak_of(batch) <= usable:
+        best, batch = batch, batch + 1
+    return best
+
+
+LINEAR_CASES = [
+    # (limit, fixed, per_sample)
+    (1_000, 100, 10),
+    (1_000, 0, 1),
+    (10**9, 2 * 10**8, 10**5),
+    (8 * 2**30, 3 * 2**30, int(3.8 * 2**20)),
+    (80 * 2**30, 20 * 2**30, 48 * 2**20),
+    (100, 90, 10),  # only batch 1 fits
+    (50, 45, 1),  # the first trial runs out
+    (2**20, 1000, 333),
+    (12_345_678, 1_234_567, 4_321),
+]
+
+
+@pytest.mark.parametrize("limit,fixed,per_sample", LINEAR_CASES)
+@pytest.mark.parametrize("catchable", [True, False])
+def test_finds_the_exact_threshold_of_a_linear_curve(limit, fixed, per_sample, catchable):
+    peak_of = lambda b: fixed + per_sample * b  # noqa: E731
+    strategy, history = simulate(limit, peak_of, catchable=catchable)
+    answer = strategy.answer(history)
+    if catchable:
+        assert answer == true_max(limit, peak_of)
+    else:
+        # Host steps go half way to the limit at most, so they close in on it within the
+        # 1% tolerance rather than land on it (and no trial ever crossed it: no ProcessKilled).
+        assert 0.99 * true_max(limit, peak_of) <= answer <= true_max(limit, peak_of)
+    # One out-of-memory at most, except when even the first trial was too big: then the
+    # step above the answer has to be tried as well.
+    first_too_big = history[0].peak_bytes is None
+    assert sum(o.peak_bytes is None for o in history) <= (2 if first_too_big else 1)
+
+
+@pytest.mark.parametrize("threshold", [1, 2, 3, 7, 8, 9, 63, 64, 65, 100, 1000, 4097, 50_000])
+def test_finds_every_threshold_of_a_unit_cost_curve(threshold):
+    # peak = 1000 + 10 * b, the limit set so that exactly `threshold` fits.
+    limit = 1000 + 10 * threshold
+    strategy, history = simulate(limit, lambda b: 1000 + 10 * b)
+    assert strategy.answer(history) == threshold
+
+
+@pytest.mark.parametrize("margin", [0.05, 0.1, 0.25])
+def test_margin_keeps_the_answer_below_the_edge(margin):
+    limit, baseline = 10**9, 10**8
+    peak_of = lambda b: baseline + 5 * 10**7 + 10**5 * b  # noqa: E731
+    strategy, history = simulate(limit, peak_of, margin=margin, baseline=baseline)
+    usable = baseline + (limit - baseline) * (1 - margin)
+    assert strategy.usable_bytes == int(usable)
+    assert strategy.answer(history) == true_max(int(usable), peak_of)
+    assert peak_of(strategy.answer(history)) <= usable
+
+
+def test_never_above_the_number_of_samples():
+    strategy, history = simulate(10**9, lambda b: 1000 + b, num_samples=300)
+    assert strategy.answer(history) == 300
+    assert max(o.batch_size for o in history) == 300
+    assert strategy.stop_reason == "limited by the number of training samples"
+
+
+def test_fewer_samples_than_the_first_trial():
+    strategy, history = simulate(10**9, lambda b: 1000 + b, num_samples=3)
+    assert [o.batch_size for o in history] == [3]
+    assert strategy.answer(history) == 3
+
+
+def test_batch_one_not_fitting_gives_zero_and_says_why():
+    strategy, history = simulate(100, lambda b: 150 + b)
+    assert strategy.answer(history) == 0
+    assert strategy.stop_reason == "batch size 1 does not fit"
+    assert history[-1].batch_size == 1
+
+
+def test_host_memory_is_never_exceeded_even_when_the_curve_bends_upwards():
+    # A convex curve: the secant through small batches underestimates large ones. Host RAM
+    # cannot be caught, so crossing the limit would be fatal (ProcessKilled).
+    limit = 8 * 2**30
+    peak_of = lambda b: 2**30 + 2**20 * b + 300 * b * b  # noqa: E731
+    for margin in (0.05, 0.1):
+        strategy, history = simulate(limit, peak_of, margin=margin, catchable=False)
+        usable = strategy.usable_bytes
+        assert peak_of(strategy.answer(history)) <= usable
+        assert strategy.answer(history) >= 0.95 * true_max(usable, peak_of)
+
+
+def test_uses_about_half_the_trials_of_doubling_then_bisecting():
+    def doubling_then_bisecting(fits):
+        trials, batch = 0, 1
+        while True:
+            trials += 1
+            if not fits(batch):
+                break
+            batch *= 2
+        low, high = batch // 2, batch
+        while high - low > 1:
+            middle = (low + high) // 2
+            trials += 1
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        return trials
+
+    ours, theirs = 0, 0
+    for limit, fixed, per_sample in LINEAR_CASES:
+        peak_of = lambda b: fixed + per_sample * b  # noqa: E731
+        _, history = simulate(limit, peak_of)
+        ours += len(history)
+        theirs += doubling_then_bisecting(lambda b: peak_of(b) <= limit)
+    assert ours <= theirs / 2
+
+
+def test_noisy_flat_measurements_fall_back_to_a_safe_slope():
+    # Two trials that measured the same peak (allocator granularity): the line through them
+    # is flat and would predict an infinite edge; the strategy must not jump to infinity.
+    strategy = ProbeStrategy(limit_bytes=10_000, baseline_bytes=1000, margin=0.0, oom_is_catchable=False)
+    history = [Observation(8, 2000), Observation(16, 2000)]
+    model = strategy.memory_model(history)
+    assert model == MemoryModel(1000.0, 1000 / 16)
+    proposal = strategy.propose(history)
+    assert proposal is not None and proposal.batch_size <= 16 * strategy.max_growth
+
+
+def test_after_running_out_it_stays_below_the_failure():
+    # The memory model is wrong above 100 (a step in the curve): it must bracket, not loop.
+    peak_of = lambda b: 100 + b if b <= 100 else 10**9  # noqa: E731
+    strategy, history = simulate(10_000, peak_of)
+    assert strategy.answer(history) == 100
+    assert len(history) <= 12
+    assert not math.isinf(strategy.answer(history))
