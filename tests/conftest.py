@@ -30,3 +30,9 @@ def make_mlp(input_dim=8, *, optimizer="adam", seed=0):
 @pytest.fixture
 def mlp():
     return make_mlp()
+
+
+@pytest.fixture(autouse=True)
+def _private_probe_cache(tmp_path, monkeypatch):
+    """Tests never write to ~/.cache, and never reuse each other's probes."""
+    monkeypatch.setenv("AUTOBATCH_CACHE_DIR", str(tmp_path / "autobatch-cache"))

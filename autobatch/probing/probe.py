@@ -43,6 +43,7 @@ def probe(
     max_batch_size: int | None = None,
     steps_per_trial: int = 3,
     memory: MemoryBackend | None = None,
+    use_cache: bool = True,
     verbose: int = 1,
 ) -> ProbeResult:
     """Find the largest batch size that trains ``model`` on ``data`` within the memory limit.
@@ -63,6 +64,8 @@ def probe(
         max_batch_size: Never try batches above this (default: the number of samples).
         steps_per_trial: Training steps per trial; the first also traces or compiles.
         memory: A memory backend to use instead of the detected one (e.g. ``FakeMemory``).
+        use_cache: Reuse a stored result for the same model, data shapes, settings and
+            machine (``result.from_cache`` says so), and store new results.
         verbose: 0 silent, 1 one line per trial.
 
     Returns:
@@ -97,9 +100,24 @@ def probe(
             "detected limit; memory replaces the whole memory backend (which has its own limit)."
         )
 
-    from autobatch import report
+    from autobatch import cache, report
 
     progress = report.probe_progress(verbose)
+    key = None
+    if use_cache:
+        key = cache.probe_key(
+            model,
+            training_data,
+            memory,
+            margin=margin,
+            memory_limit=limit_override,
+            max_batch_size=max_batch_size,
+            steps_per_trial=steps_per_trial,
+        )
+        cached = cache.load(key, memory)
+        if cached is not None:
+            progress.done(cached)
+            return cached
     limit = memory.limit_bytes()
     baseline = memory.current_bytes()
     if baseline >= limit:
@@ -119,24 +137,30 @@ def probe(
         oom_is_catchable=memory.oom_is_catchable,
     )
 
+    trial_data = training_data.for_trials()
     history: list[Observation] = []
     outcomes: list[tuple[TrialOutcome, bool]] = []
     with preserved(model), progress:
         # The first fit of a process pays one-time costs (runtime start-up, kernels, the input
         # pipeline's buffers) and leaves some of them allocated, which would skew the slope
         # between the first two measured trials. One step at batch 1, not measured, pays them.
-        warmup = run_trial(model, training_data, 1, memory, steps=1)
+        warmup = run_trial(model, trial_data, 1, memory, steps=1)
         if warmup.out_of_memory:
-            history.append(Observation(1, None))
+            raise BatchDoesNotFitError(
+                f"Batch size 1 ran out of memory on {memory.device} (limit "
+                f"{_units.format_bytes(limit)} from {memory.limit_source}). Nothing smaller "
+                "exists: free memory, raise memory_limit, or shrink the model or its inputs."
+            )
         while (proposal := strategy.propose(history)) is not None:
             outcome = run_trial(
-                model, training_data, proposal.batch_size, memory, steps=steps_per_trial
+                model, trial_data, proposal.batch_size, memory, steps=steps_per_trial
             )
             observation = Observation(outcome.batch_size, outcome.peak_bytes)
             history.append(observation)
             outcomes.append((outcome, proposal.fitted))
             progress.trial_done(_trial_record(outcome, proposal.fitted, strategy, observation))
 
+    del trial_data  # the trials' copy of the data
     trials = [
         _trial_record(o, fitted, strategy, Observation(o.batch_size, o.peak_bytes))
         for o, fitted in outcomes
@@ -176,6 +200,7 @@ def probe(
         stop_reason=strategy.stop_reason,
         versions=library_versions(),
     )
+    cache.store(key, result)
     progress.done(result)
     return result
 

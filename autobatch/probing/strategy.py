@@ -206,9 +206,18 @@ class ProbeStrategy:
             # crossing the limit kills the process. Each step therefore goes at most a third
             # of the way from the largest measured peak to the limit: a step that costs three
             # times what the line predicts still survives, and the next one is measured.
-            largest_peak = max(o.peak_bytes for o in history if o.peak_bytes is not None)
-            step_limit = largest_peak + (self.limit_bytes - largest_peak) / 3
-            target = min(edge, model.largest_batch_under(step_limit), measured[-1] * self.max_growth)
+            # The step is sized with the steeper of the fitted slope and the slope over the
+            # whole measured range: a trial that reused memory freed by an earlier one can
+            # flatten the first, much less the second.
+            points = sorted((o for o in history if o.peak_bytes is not None), key=lambda o: o.batch_size)
+            smallest, largest = points[0], points[-1]
+            slope = model.bytes_per_sample
+            if largest.batch_size > smallest.batch_size:
+                whole_range = (largest.peak_bytes - smallest.peak_bytes) / (largest.batch_size - smallest.batch_size)
+                slope = max(slope, whole_range)
+            step_limit = largest.peak_bytes + (self.limit_bytes - largest.peak_bytes) / 3
+            step_size = (step_limit - largest.peak_bytes) / slope if slope > 0 else math.inf
+            target = min(edge, largest.batch_size + step_size, measured[-1] * self.max_growth)
         else:
             target = edge
         batch_size = int(min(max(math.floor(target), largest_fit + 1), cap))
