@@ -6,6 +6,9 @@ is silent with ``verbose=0``; rich renders it in terminals and notebooks alike.
 
 from __future__ import annotations
 
+import math
+import sys
+import traceback
 from typing import Any
 
 from autobatch._units import format_bytes
@@ -66,24 +69,403 @@ def probe_progress(verbose: int) -> _Silent:
 
 def probe_summary(result: ProbeResult) -> str:
     """One paragraph: the answer, why, and the headroom left."""
-    last = max((t for t in result.trials if t.fits), key=lambda t: t.batch_size, default=None)
-    peak = last.peak_bytes if last else None
-    headroom = "" if peak is None else (
-        f" It peaked at {format_bytes(peak)}, "
-        f"{100 * peak / result.limit_bytes:.0f}% of the limit."
-    )
     cached = " (from the probe cache)" if result.from_cache else ""
     return (
         f"Largest batch size that fits: {result.max_batch_size}{cached} on {result.device}, "
         f"limit {format_bytes(result.limit_bytes)} ({result.limit_source}), "
         f"{result.num_trials} trials, {result.num_oom} out of memory, "
-        f"{result.seconds:.1f} s; stopped because {result.stop_reason}.{headroom}"
+        f"{result.seconds:.1f} s; stopped because {result.stop_reason}.{_answer_headroom(result)}"
     )
 
 
+def _answer_headroom(result: ProbeResult) -> str:
+    """Where the answer's peak stands against the limit: measured, or between two trials."""
+    chosen = _chosen_trial(result)
+    if chosen is not None and chosen.peak_bytes is not None:
+        return (
+            f" It peaked at {format_bytes(chosen.peak_bytes)}, "
+            f"{100 * chosen.peak_bytes / result.limit_bytes:.0f}% of the limit."
+        )
+    below = max((t for t in result.trials if t.fits and t.batch_size < result.max_batch_size),
+                key=lambda t: t.batch_size, default=None)
+    above = min((t for t in result.trials if not t.fits and t.peak_bytes is not None
+                 and t.batch_size > result.max_batch_size),
+                key=lambda t: t.batch_size, default=None)
+    if below is None or above is None:
+        return ""
+    return (
+        f" It lies between batch {below.batch_size} (peak {format_bytes(below.peak_bytes)}) "
+        f"and batch {above.batch_size} (peak {format_bytes(above.peak_bytes)}, past the margin), "
+        f"interpolated where the usable {format_bytes(result.usable_bytes)} ends."
+    )
+
+
+def _chosen_trial(result: ProbeResult) -> ProbeTrial | None:
+    """The trial that ran at the answer, if one did (it can lie between two trials)."""
+    return next(
+        (t for t in result.trials if t.fits and t.batch_size == result.max_batch_size), None
+    )
+
+
+# Short forms of ProbeTrial.error for the table's narrow "fits" column.
+_SHORT_ERRORS = {"out of memory": "OOM", "above the safety margin": "over margin", "": "did not fit"}
+
+
+def probe_table(result: ProbeResult) -> Any:
+    """A rich table of the probe's trials, in the order they ran; the answer's row in bold."""
+    from rich.table import Table
+
+    table = Table(title=f"Probe: {result.device}, limit {format_bytes(result.limit_bytes)} "
+                  f"({result.limit_source})", title_justify="left", caption_justify="left")
+    for name in ("batch", "peak memory", "% of limit", "step time", "samples/s", "fits"):
+        table.add_column(name, justify="left" if name == "fits" else "right", no_wrap=True)
+    for trial in result.trials:
+        chosen = trial.fits and trial.batch_size == result.max_batch_size
+        if trial.fits:
+            verdict = "[green]yes, chosen[/]" if chosen else "[green]yes[/]"
+        else:
+            verdict = f"[red]no: {_SHORT_ERRORS.get(trial.error or '', trial.error)}[/]"
+        share = "-" if trial.peak_bytes is None else f"{100 * trial.peak_bytes / result.limit_bytes:.0f}%"
+        table.add_row(
+            f"{trial.batch_size:,}",
+            format_bytes(trial.peak_bytes),
+            share,
+            _seconds(trial.seconds_per_step),
+            "-" if trial.samples_per_second is None else f"{trial.samples_per_second:,.0f}",
+            verdict,
+            style="bold" if chosen else None,
+        )
+    if _chosen_trial(result) is None and result.trials:
+        # The answer lies between two trials: show where the fitted line puts it.
+        predicted = None
+        if result.bytes_per_sample is not None and result.fixed_bytes is not None:
+            predicted = result.fixed_bytes + result.bytes_per_sample * result.max_batch_size
+        table.add_row(
+            f"{result.max_batch_size:,}",
+            "-" if predicted is None else "~" + format_bytes(predicted),
+            "-" if predicted is None else f"~{100 * predicted / result.limit_bytes:.0f}%",
+            "-",
+            "-",
+            "[green]yes, chosen[/]",
+            style="bold",
+        )
+        table.caption = "~ predicted: the answer lies between two trials (not run itself)."
+    return table
+
+
+def tune_table(result: Any) -> Any:
+    """A rich table of the search: one row per candidate, best first, failed ones last.
+
+    A candidate is one setting of the hyperparameters; when Hyperband trained it several
+    times with growing budgets, its row shows its best run.
+    """
+    from rich.table import Table
+
+    candidates = distinct_candidates(result.trials)
+    extra = _other_hyperparameter_names(result.trials)
+    table = Table(
+        title=f"Search: {len(candidates)} candidates, {len(result.trials)} trials ({result.tuner})",
+        title_justify="left",
+    )
+    columns = ["batch", "steps/epoch", *extra, "val_loss", "epoch", "samples", "time", "status"]
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("status", *extra) else "right",
+                         no_wrap=name != "status")
+    for trial in candidates:
+        scored = _has_loss(trial)
+        best = scored and trial is candidates[0]
+        status = trial.status if trial.error is None else f"{trial.status}: {trial.error}"
+        table.add_row(
+            f"{trial.batch_size:,}",
+            f"{trial.steps_per_epoch:,}",
+            *[str(trial.hyperparameters.get(name, "-")) for name in extra],
+            f"{trial.val_loss:.4f}" if scored else "-",
+            "-" if trial.best_epoch is None else str(trial.best_epoch),
+            f"{trial.samples_seen:,}",
+            f"{trial.seconds:.1f} s",
+            f"[green]{status}[/]" if scored else f"[red]{status}[/]",
+            style="bold" if best else None,
+        )
+    return table
+
+
+def distinct_candidates(trials: list[Any]) -> list[Any]:
+    """The best trial of each distinct candidate, best first, failed ones last."""
+    best: dict[tuple, Any] = {}
+    for trial in trials:
+        key = _candidate_key(trial)
+        kept = best.get(key)
+        if kept is None or _ranks_before(trial, kept):
+            best[key] = trial
+    return _ranked_trials(list(best.values()))
+
+
+def tune_summary(result: Any) -> str:
+    """One paragraph: the settings to train with, why, and the memory headroom at that batch."""
+    candidates = distinct_candidates(result.trials)
+    ranked = [t for t in candidates if _has_loss(t)]
+    num_failed = len(candidates) - len(ranked)
+    budget = (
+        "" if result.budget_samples is None
+        else f", each given up to {result.budget_samples:,} training samples"
+    )
+    text = (
+        f"Train with batch_size={result.batch_size}, steps_per_epoch={result.steps_per_epoch}, "
+        f"epochs={result.epochs}: the lowest validation loss ({result.val_loss:.4f}) of "
+        f"{len(candidates)} candidates ({num_failed} failed, {len(result.trials)} trials) "
+        f"searched with {result.tuner} in {result.seconds:.1f} s{budget}."
+    )
+    if len(ranked) >= 2:
+        runner_up = ranked[1]
+        gap = _relative_gap(runner_up.val_loss, result.val_loss)
+        text += (
+            f" Runner-up: batch {runner_up.batch_size} x {runner_up.steps_per_epoch} steps "
+            f"(val_loss {runner_up.val_loss:.4f}{gap})."
+        )
+    if getattr(result, "lr_scaling", None) and getattr(result, "learning_rate", None):
+        text += (
+            f" With lr_scaling={result.lr_scaling!r}, set the optimizer's learning rate to "
+            f"{result.learning_rate:.3g}."
+        )
+    if result.probe is not None:
+        text += " " + _headroom(result.probe, result.batch_size)
+    return text + " Use model.fit(..., **result.fit_kwargs())."
+
+
+def console_for(*, stderr: bool) -> Any:
+    """A rich console on stdout, or on stderr when stdout carries machine-readable output."""
+    return _console(stderr=stderr)
+
+
+def show_result(
+    result: Any, *, console: Any = None, include_probe: bool = True, summary: bool = True
+) -> None:
+    """Print a probe or tune result: tables and summaries (the probe's too, for a search).
+
+    ``summary=False`` leaves out the summary paragraphs, for callers whose progress display
+    has just printed them.
+    """
+    console = console or _console(stderr=False)
+    is_probe = isinstance(result, ProbeResult)
+    probe = result if is_probe else result.probe
+    if probe is not None and include_probe:
+        console.print(probe_table(probe))
+        if summary:
+            console.print(probe_summary(probe))
+    if not is_probe:
+        if probe is not None and include_probe:
+            console.print()
+        console.print(tune_table(result))
+        if summary:
+            console.print(tune_summary(result))
+
+
+def show_devices(info: dict[str, Any], *, console: Any = None) -> None:
+    """Print what `autobatch devices` found (see `autobatch.devices.inspect_devices`)."""
+    from rich.table import Table
+
+    console = console or _console(stderr=False)
+    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    table.add_row("Keras", f"{info['keras_version']}, {info['keras_backend']} backend")
+    table.add_row("a probe measures", info["probe_uses"])
+    for backend in info["backends"]:
+        table.add_row(f"backend {backend['name']}", backend["device"])
+        table.add_row("  limit", f"{format_bytes(backend['limit_bytes'])} ({backend['limit_source']})")
+        table.add_row("  in use now", format_bytes(backend["current_bytes"]))
+        table.add_row("  peaks from", backend["peak_source"])
+        table.add_row("  out of memory", "raises, the probe catches it" if backend["oom_is_catchable"]
+                      else "kills the process: the probe stays below the limit")
+    host = info["host"]
+    table.add_row("host RAM", f"{format_bytes(host['total_bytes'])} total, "
+                  f"{format_bytes(host['available_bytes'])} available")
+    cgroup = info["cgroup"]
+    if cgroup is None:
+        table.add_row("cgroup", "none found (no container memory limit)")
+    else:
+        limit = "no limit" if cgroup["limit_bytes"] is None else f"limit {format_bytes(cgroup['limit_bytes'])}"
+        table.add_row("cgroup", f"v{cgroup['version']}, {limit}, {format_bytes(cgroup['usage_bytes'])} "
+                      f"in use ({cgroup['path']})")
+    nvml = info["nvml"]
+    if not nvml["available"]:
+        table.add_row("NVML", f"no GPU ({nvml['reason']})")
+    for gpu in nvml["gpus"]:
+        others = "" if gpu["other_processes_bytes"] is None else (
+            f", {format_bytes(gpu['other_processes_bytes'])} held by other processes")
+        table.add_row(f"NVML GPU {gpu['index']}", f"{gpu['name']}: {format_bytes(gpu['total_bytes'])} "
+                      f"total, {format_bytes(gpu['used_bytes'])} used{others}")
+    for framework, devices in info["framework_gpus"].items():
+        table.add_row(f"{framework} GPUs", ", ".join(devices) if devices else "none")
+    console.print(table, highlight=False)
+
+
+def show_paths(label: str, paths: list[Any], *, console: Any = None) -> None:
+    """One line naming the files written, e.g. the plots."""
+    console = console or _console(stderr=False)
+    console.print(f"{label}: " + ", ".join(str(p) for p in paths), highlight=False)
+
+
+def show_message(text: str, *, console: Any = None) -> None:
+    """A line of text for people (the demo's steps)."""
+    console = console or _console(stderr=False)
+    console.print(text, highlight=False)
+
+
+def write_text(text: str) -> None:
+    """Raw text on stdout, for machine-readable output (``--json -``)."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def error_line(message: str) -> None:
+    """An error as ONE line on stderr: no rich wrapping, newlines folded."""
+    sys.stderr.write("autobatch: error: " + " ".join(str(message).split()) + "\n")
+    sys.stderr.flush()
+
+
+def error_traceback() -> None:
+    """The current exception's traceback on stderr (for ``--debug``)."""
+    traceback.print_exc(file=sys.stderr)
+
+
 def plot_probe(result: ProbeResult, directory: Any) -> list:
-    raise NotImplementedError("plots arrive with the report issue")
+    """Write the probe's PNG plots (memory and throughput vs batch size); needs matplotlib."""
+    from autobatch import plots
+
+    return plots.plot_probe(result, directory)
 
 
 def plot_tune(result: Any, directory: Any) -> list:
-    raise NotImplementedError("plots arrive with the report issue")
+    """Write the search's PNG plots (and its probe's); needs matplotlib."""
+    from autobatch import plots
+
+    return plots.plot_tune(result, directory)
+
+
+# Hyperparameters every candidate has, shown in their own columns (or implied by them).
+_BATCH_HYPERPARAMETERS = {"batch_size", "steps_per_epoch", "epoch_fraction"}
+
+
+def _candidate_key(trial: Any) -> tuple:
+    own = {k: v for k, v in trial.hyperparameters.items() if not k.startswith("tuner/")}
+    return (trial.batch_size, trial.steps_per_epoch, tuple(sorted((k, repr(v)) for k, v in own.items())))
+
+
+def _other_hyperparameter_names(trials: list[Any]) -> list[str]:
+    """A HyperModel's own hyperparameters (units, learning rate, ...), for extra columns."""
+    names = {
+        name for t in trials for name in t.hyperparameters
+        if name not in _BATCH_HYPERPARAMETERS and not name.startswith("tuner/")
+    }
+    return sorted(names)
+
+
+def _ranks_before(trial: Any, other: Any) -> bool:
+    if _has_loss(trial) != _has_loss(other):
+        return _has_loss(trial)
+    if _has_loss(trial):
+        return trial.val_loss < other.val_loss
+    return trial.samples_seen > other.samples_seen
+
+
+def _ranked_trials(trials: list[Any]) -> list[Any]:
+    """Scored candidates by validation loss, then failed ones in the order they ran."""
+    scored = sorted((t for t in trials if _has_loss(t)), key=lambda t: t.val_loss)
+    return scored + [t for t in trials if not _has_loss(t)]
+
+
+def _has_loss(trial: Any) -> bool:
+    return trial.val_loss is not None and math.isfinite(trial.val_loss)
+
+
+def _relative_gap(value: float, best: float) -> str:
+    if best == 0 or not math.isfinite(best):
+        return ""
+    return f", {100 * (value - best) / abs(best):+.1f}%"
+
+
+def _headroom(probe: ProbeResult, batch_size: int) -> str:
+    """How much memory the chosen batch leaves free, from what the probe measured."""
+    text = f"The largest batch that fits is {probe.max_batch_size}"
+    peak, how = _peak_at(probe, batch_size)
+    if peak is None:
+        return text + "."
+    free = probe.limit_bytes - peak
+    return (
+        f"{text}; batch {batch_size} peaks {how} {format_bytes(peak)}, leaving "
+        f"{format_bytes(free)} ({100 * free / probe.limit_bytes:.0f}%) of the "
+        f"{format_bytes(probe.limit_bytes)} limit free."
+    )
+
+
+def _peak_at(probe: ProbeResult, batch_size: int) -> tuple[float | None, str]:
+    """The peak memory at ``batch_size``, read off the probe's trials.
+
+    Between two measured batches: the straight line between them (memory grows linearly
+    or bends upwards with the batch, so the chord does not underestimate it); below the
+    smallest: that trial's peak; above the largest: the probe's fitted line.
+    """
+    measured = sorted(
+        (t.batch_size, float(t.peak_bytes)) for t in probe.trials if t.peak_bytes is not None
+    )
+    above = [(b, p) for b, p in measured if b >= batch_size]
+    below = [(b, p) for b, p in measured if b <= batch_size]
+    if above and below:
+        (low, low_peak), (high, high_peak) = below[-1], above[0]
+        if high == low:
+            return low_peak, "at"
+        share = (batch_size - low) / (high - low)
+        return low_peak + share * (high_peak - low_peak), "near"
+    if above:
+        return above[0][1], f"at most (measured at batch {above[0][0]})"
+    if probe.bytes_per_sample is None or probe.fixed_bytes is None:
+        return None, ""
+    predicted = probe.fixed_bytes + probe.bytes_per_sample * batch_size
+    return max(predicted, float(probe.baseline_bytes)), "near (fitted line)"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 10 else f"{value:.1f} s"
+
+
+class _TuneProgress(_Silent):
+    """One line per search candidate as it ends, under a spinner while one trains."""
+
+    def __init__(self) -> None:
+        self.console = _console()
+        self.status: Any = None
+        self.number = 0
+
+    def __enter__(self) -> _TuneProgress:
+        self.status = self.console.status("tuning: first candidate...")
+        self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.status.__exit__(*exc)
+
+    def trial_done(self, trial: Any) -> None:
+        self.number += 1
+        if trial.status == "failed":
+            verdict = f"[red]failed: {trial.error}[/]"
+        else:
+            verdict = (
+                f"val_loss {trial.val_loss:.4f} at epoch {trial.best_epoch} "
+                f"({trial.status}, {trial.samples_seen:,} samples, {trial.seconds:.1f} s)"
+            )
+        self.console.print(
+            f"  candidate {self.number:>3}: batch {trial.batch_size:>6} x "
+            f"{trial.steps_per_epoch:>5} steps/epoch -> {verdict}"
+        )
+        self.status.update(f"tuning: {self.number} candidates done, next...")
+
+    def done(self, result: Any) -> None:
+        self.console.print(tune_summary(result))
+
+
+def tune_progress(verbose: int) -> _Silent:
+    """The progress display of a search: silent for verbose=0."""
+    return _TuneProgress() if verbose else _Silent()

@@ -1,0 +1,545 @@
+"""The ``autobatch`` command line: probe, tune, report, devices, demo.
+
+Exit codes: 0 success, 2 bad usage (unknown option, a value out of range), 1 failure (a
+file that cannot be read, a model that does not train, ...). Errors are one line on
+stderr; ``--debug`` adds the traceback. Tables go to stdout, progress to stderr.
+
+Example:
+    $ autobatch probe model.keras --data train.npz --memory-limit 6GiB --json probe.json
+    $ autobatch tune model.keras --data train.npz --json tune.json --plots plots/
+    $ autobatch report tune.json --plots plots/
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from autobatch import report
+from autobatch._units import parse_bytes
+from autobatch.devices import resolve_memory_limit
+from autobatch.errors import AutobatchError, InvalidArgumentError, InvalidDataError, InvalidModelError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+NPZ_HELP = """\
+Data files are NumPy .npz archives (np.savez) whose array names say what they hold:
+  x                 the inputs (one-input model)
+  x_<name>          the input called <name>, for a model with several named inputs
+                    (they become a dict {name: array}, matched to the model's input names)
+  y                 the targets; y_<name> for a model with several named outputs
+  sample_weight     optional per-sample weights
+All arrays have the same length along the first axis. Example:
+  np.savez("train.npz", x=x_train, y=y_train)
+"""
+
+EXIT_HELP = "Exit codes: 0 success, 1 failure, 2 bad usage, 130 interrupted."
+
+
+class UsageError(AutobatchError):
+    """A command line that cannot mean anything (exit code 2)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed the usage and the error
+        return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        report.error_line("no command given; choose one of: probe, tune, report, devices, demo")
+        return EXIT_USAGE
+    try:
+        return args.run(args) or EXIT_OK
+    except KeyboardInterrupt:
+        report.error_line("interrupted")
+        return 130
+    except (UsageError, InvalidArgumentError) as error:
+        _report_error(error, args.debug)
+        return EXIT_USAGE
+    except (AutobatchError, OSError) as error:
+        _report_error(error, args.debug)
+        return EXIT_FAILURE
+    except Exception as error:  # noqa: BLE001 - the CLI's last resort: one line, not a traceback
+        _report_error(error, args.debug, unexpected=True)
+        return EXIT_FAILURE
+
+
+def _report_error(error: BaseException, debug: bool, *, unexpected: bool = False) -> None:
+    if debug:
+        report.error_traceback()
+    message = str(error) or type(error).__name__
+    if unexpected:  # not one of ours: its type is part of the message
+        message = f"{type(error).__name__}: {message}"
+        if not debug:
+            message += " (run with --debug for the traceback)"
+    report.error_line(message)
+
+
+# --- the parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from autobatch import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="autobatch",
+        description="The largest batch that fits in memory, and the batch settings that train "
+        "best, for a Keras model.",
+        epilog=NPZ_HELP + "\n" + EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"autobatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help, description=textwrap.fill(description, 88), parents=[common],
+            epilog=NPZ_HELP + "\n" + EXIT_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return sub
+
+    probe = command(
+        "probe", "find the largest batch size that trains within the memory limit",
+        "Run a few real training steps at growing batch sizes and report the largest batch "
+        "that fits, with the measured memory curve.",
+    )
+    _model_and_data(probe)
+    _memory_limit(probe)
+    probe.add_argument("--margin", type=_margin, default=None, metavar="FRACTION",
+                       help="fraction of the free memory to leave unused (default 0.05)")
+    probe.add_argument("--max-batch-size", type=_positive_int, default=None, metavar="N",
+                       help="never try a batch above this (default: the number of samples)")
+    probe.add_argument("--no-cache", action="store_true",
+                       help="probe again even if a cached result for this model and machine exists")
+    _outputs(probe)
+    probe.set_defaults(run=_run_probe)
+
+    tune = command(
+        "tune", "search batch_size and steps_per_epoch for the best validation loss",
+        "Probe the memory limit, then run a Keras Tuner search over batch_size and "
+        "steps_per_epoch below it, each candidate trained on the same sample budget and "
+        "scored by validation loss.",
+    )
+    _model_and_data(tune)
+    tune.add_argument("--validation-data", metavar="VAL.npz", type=Path, default=None,
+                      help="validation arrays (same names as --data); default: split --data")
+    tune.add_argument("--validation-split", type=_fraction, default=None, metavar="FRACTION",
+                      help="fraction of --data held out for validation when --validation-data "
+                      "is not given (default 0.2)")
+    tune.add_argument("--tuner", default=None, metavar="NAME",
+                      help="search algorithm: hyperband, bayesian, random or grid")
+    _memory_limit(tune)
+    tune.add_argument("--probe", metavar="PROBE.json", type=Path, default=None,
+                      help="a saved probe result (autobatch probe --json) instead of probing again")
+    tune.add_argument("--batch-sizes", type=_int_list, default=None, metavar="B1,B2,...",
+                      help="candidate batch sizes (default: powers of two from 16 up to the "
+                      "probed limit, plus the limit)")
+    tune.add_argument("--steps-per-epoch", type=_steps_list, default=None, metavar="S1,S2,...",
+                      help="candidate steps_per_epoch: values up to 1 are fractions of a pass "
+                      "over the data, larger whole numbers are step counts (default: 0.25,0.5,1)")
+    tune.add_argument("--budget-samples", type=_positive_int, default=None, metavar="N",
+                      help="training samples per candidate (default: 10 passes over the data)")
+    tune.add_argument("--max-trials", type=_positive_int, default=None, metavar="N",
+                      help="at most this many candidates (default: depends on the tuner)")
+    tune.add_argument("--directory", type=Path, default=None, metavar="DIR",
+                      help="where the search keeps its trials (default: a per-user cache "
+                      "directory); running again with the same directory resumes")
+    tune.add_argument("--overwrite", action="store_true",
+                      help="start the search afresh instead of resuming it")
+    _outputs(tune)
+    tune.set_defaults(run=_run_tune)
+
+    show = command(
+        "report", "print the tables of a saved result and draw its plots",
+        "Re-render a result saved with --json (probe or tune): tables, summary and plots.",
+    )
+    show.add_argument("result", metavar="RESULT.json", type=Path, help="a saved probe or tune result")
+    show.add_argument("--plots", metavar="DIR", type=Path, default=None,
+                      help="write PNG plots into DIR (needs matplotlib)")
+    show.set_defaults(run=_run_report)
+
+    devices = command(
+        "devices", "show the memory sources and limits autobatch sees here",
+        "List the memory backends a probe could measure (GPUs through the framework and "
+        "NVML, host RAM, the container's cgroup limit) and the limits each reports.",
+    )
+    devices.add_argument("--json", metavar="OUT.json", default=None,
+                         help="also write the findings as JSON ('-' for stdout)")
+    devices.set_defaults(run=_run_devices)
+
+    demo = command(
+        "demo", "probe and tune a small built-in example (a CNN on synthetic images)",
+        "Build a small CNN and synthetic 32x32 images, probe it and tune it (1-3 minutes on "
+        "2 CPU cores), print the tables, and write the model, the data, JSON results and PNG "
+        "plots into the output directory, ready for the other commands.",
+    )
+    demo.add_argument("--output-dir", type=Path, default=Path("autobatch_demo_output"), metavar="DIR",
+                      help="where to write everything (default: ./autobatch_demo_output)")
+    demo.add_argument("--memory-limit", type=_memory_size, default=None, metavar="SIZE",
+                      help="memory limit for the probe, e.g. 2GiB or +512MiB (default on CPU: "
+                      "+384MiB, so that the limit, not the data size, decides; on a GPU: the "
+                      "GPU's memory)")
+    demo.add_argument("--no-cache", action="store_true", help="do not reuse a cached probe")
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _model_and_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL.keras", type=Path,
+                        help="a compiled Keras model saved with model.save('model.keras')")
+    parser.add_argument("--data", metavar="DATA.npz", type=Path, required=True,
+                        help="training arrays: x (or x_<name>), y, optional sample_weight")
+
+
+def _memory_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--memory-limit", type=_memory_size, default=None, metavar="SIZE",
+                        help="memory a training step may reach, e.g. 6GiB, or +512MiB for 512 "
+                        "MiB above what the process holds once the model and data are loaded "
+                        "(on CPU the limit counts the whole process). Default: detected: the "
+                        "GPU's memory, or host RAM and the cgroup limit")
+
+
+def _outputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="OUT.json", default=None,
+                        help="write the result as JSON ('-' for stdout: tables then go to stderr)")
+    parser.add_argument("--plots", metavar="DIR", type=Path, default=None,
+                        help="write PNG plots into DIR (needs matplotlib)")
+
+
+def _memory_size(text: str) -> str:
+    try:
+        parse_bytes(text.strip().removeprefix("+"), name="--memory-limit")
+    except InvalidArgumentError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _margin(text: str) -> float:
+    value = _float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1); e.g. 0.05 keeps 5% free")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in (0, 1), e.g. 0.2")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is below 1")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    return [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def _steps_list(text: str) -> list[int | float]:
+    values: list[int | float] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        value = _float(part)
+        if 0.0 < value <= 1.0:
+            values.append(value)  # a fraction of a pass; "1" is one full pass
+        elif value > 1.0 and value == int(value):
+            values.append(int(value))
+        else:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} in {text!r}: expected fractions of a pass in (0, 1] or whole step "
+                "counts above 1, e.g. 0.25,0.5,1 or 50,100"
+            )
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one value")
+    return values
+
+
+# --- loading the model and the data ----------------------------------------------------------
+
+
+def load_npz(path: Path, *, option: str = "--data") -> tuple:
+    """``(x, y)`` or ``(x, y, sample_weight)`` from an .npz file named as in `NPZ_HELP`."""
+    import numpy as np
+
+    if not path.is_file():
+        raise InvalidDataError(f"{option} {path}: no such file.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as error:  # noqa: BLE001 - zipfile, pickle and format errors alike
+        raise InvalidDataError(
+            f"{option} {path} is not a readable .npz archive ({type(error).__name__}: {error}). "
+            'Write it with np.savez("data.npz", x=x, y=y).'
+        ) from error
+    x = _named(arrays, "x", path, option)
+    y = _named(arrays, "y", path, option)
+    known = {"x", "y", "sample_weight"} | {n for n in arrays if n.startswith(("x_", "y_"))}
+    unknown = sorted(set(arrays) - known)
+    if x is None or y is None or unknown:
+        problem = "has no x" if x is None else "has no y" if y is None else (
+            f"has arrays autobatch does not know: {', '.join(unknown)}")
+        raise InvalidDataError(
+            f"{option} {path} {problem} (it holds: {', '.join(sorted(arrays)) or 'nothing'}). "
+            "Expected arrays named x (or x_<name> per named input), y (or y_<name> per named "
+            "output) and optionally sample_weight."
+        )
+    if "sample_weight" in arrays:
+        return x, y, arrays["sample_weight"]
+    return x, y
+
+
+def _named(arrays: dict[str, Any], prefix: str, path: Path, option: str) -> Any:
+    named = {n[len(prefix) + 1:]: a for n, a in sorted(arrays.items()) if n.startswith(prefix + "_")}
+    if prefix in arrays and named:
+        raise InvalidDataError(
+            f"{option} {path} has both {prefix} and {', '.join(prefix + '_' + n for n in named)}. "
+            f"Use {prefix} for a single {'input' if prefix == 'x' else 'output'}, or only "
+            f"{prefix}_<name> arrays for several."
+        )
+    return arrays.get(prefix, named or None)
+
+
+def load_model(path: Path) -> Any:
+    """A compiled Keras model from a .keras file, with errors that say what to do."""
+    if not path.is_file():
+        raise InvalidModelError(f"MODEL {path}: no such file.")
+    import keras
+
+    try:
+        with warnings.catch_warnings():
+            # A model saved before its first fit has an unbuilt optimizer; Keras warns that
+            # it skips that optimizer's (empty) state, which is exactly right here.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model = keras.saving.load_model(path)
+    except Exception as error:  # noqa: BLE001 - Keras raises many kinds here
+        raise InvalidModelError(
+            f"Cannot load a Keras model from {path} ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:300]}). Expected a file written by "
+            "model.save('model.keras'); custom layers must be importable and registered with "
+            "@keras.saving.register_keras_serializable()."
+        ) from error
+    if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
+        raise InvalidModelError(
+            f"{path} holds a model saved without compile(). Compile it before saving "
+            "(model.compile(optimizer=..., loss=...); model.save(...)) so the optimizer and "
+            "loss are part of the file."
+        )
+    return model
+
+
+# --- the commands -------------------------------------------------------------------------
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    import autobatch
+
+    _start_framework(args.debug)
+    model = load_model(args.model)
+    data = load_npz(args.data)
+    options: dict[str, Any] = {
+        "memory_limit": resolve_memory_limit(args.memory_limit),
+        "verbose": 0 if args.quiet else 1,
+    }
+    if args.margin is not None:
+        options["margin"] = args.margin
+    if args.max_batch_size is not None:
+        options["max_batch_size"] = args.max_batch_size
+    if args.no_cache:
+        options["use_cache"] = False
+    result = autobatch.probe(model, data, **options)
+    _write_outputs(result, args)
+    return EXIT_OK
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    import autobatch
+
+    if args.validation_data is not None and args.validation_split is not None:
+        raise UsageError("--validation-data and --validation-split exclude each other; pass one.")
+    _start_framework(args.debug)
+    model = load_model(args.model)
+    data = load_npz(args.data)
+    options: dict[str, Any] = {"verbose": 0 if args.quiet else 1}
+    if args.validation_data is not None:
+        options["validation_data"] = load_npz(args.validation_data, option="--validation-data")
+    if args.probe is not None:
+        probe = autobatch.load_result(args.probe)
+        if not isinstance(probe, autobatch.ProbeResult):
+            raise InvalidDataError(f"--probe {args.probe} holds a tune result, not a probe result.")
+        options["probe"] = probe
+    if args.memory_limit is not None:
+        from autobatch.memory import detect_memory
+
+        options["memory"] = detect_memory(parse_bytes(resolve_memory_limit(args.memory_limit)))
+    given = {
+        "validation_split": args.validation_split,
+        "tuner": args.tuner,
+        "batch_sizes": args.batch_sizes,
+        "steps_per_epoch": args.steps_per_epoch,
+        "budget_samples": args.budget_samples,
+        "max_trials": args.max_trials,
+        "directory": None if args.directory is None else str(args.directory),
+    }
+    # Only what the user gave: tune()'s own defaults are the documented best practice.
+    options.update({name: value for name, value in given.items() if value is not None})
+    if args.overwrite:
+        options["overwrite"] = True
+    result = autobatch.tune(model, data, **options)
+    _write_outputs(result, args)
+    return EXIT_OK
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    import json
+
+    from autobatch.results import load_result
+
+    if not args.result.is_file():
+        raise InvalidDataError(f"RESULT {args.result}: no such file.")
+    try:
+        result = load_result(args.result)
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
+        raise InvalidDataError(
+            f"{args.result} is not a result saved by autobatch ({type(error).__name__}: {error}). "
+            "Expected the file written by --json or result.to_json(path)."
+        ) from error
+    report.show_result(result)
+    if args.plots is not None:
+        report.show_paths("plots", result.plot(args.plots))
+    return EXIT_OK
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    import json
+
+    from autobatch.devices import inspect_devices
+
+    _start_framework(args.debug)
+    info = inspect_devices()
+    to_stdout = args.json == "-"
+    if not to_stdout:
+        report.show_devices(info)
+    if args.json is not None:
+        text = json.dumps(info, indent=2)
+        if to_stdout:
+            report.write_text(text)
+        else:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+    return EXIT_OK
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from autobatch import demo
+
+    _start_framework(args.debug)
+    demo.run(
+        args.output_dir,
+        memory_limit=args.memory_limit,
+        use_cache=not args.no_cache,
+        verbose=0 if args.quiet else 1,
+    )
+    return EXIT_OK
+
+
+def _write_outputs(result: Any, args: argparse.Namespace) -> None:
+    """Tables to stdout (stderr when the JSON goes to stdout), then JSON and plots.
+
+    With --quiet nothing is printed but errors (and the JSON, for ``--json -``)."""
+    to_stdout = args.json == "-"
+    console = report.console_for(stderr=to_stdout)
+    if not args.quiet:
+        # The progress display (on stderr) ended with the summary: the tables complete it.
+        report.show_result(result, console=console, summary=False)
+    if args.json is not None:
+        if to_stdout:
+            report.write_text(result.to_json())
+        else:
+            result.to_json(args.json)
+    if args.plots is not None:
+        paths = result.plot(args.plots)
+        if not args.quiet:
+            report.show_paths("plots", paths, console=console)
+    if args.json not in (None, "-") and not args.quiet:
+        report.show_paths("result", [args.json], console=console)
+
+
+# --- TensorFlow's start-up noise --------------------------------------------------------------
+
+
+def _start_framework(debug: bool) -> None:
+    """Import Keras and start its framework, keeping the framework's C++ log lines away.
+
+    TF_CPP_MIN_LOG_LEVEL=2 silences TensorFlow's info and warning logs, but TensorFlow 2.21
+    still writes a few lines (oneDNN, CUDA stubs, cuInit) to the process's stderr before its
+    logging starts, which no setting reaches. Unless --debug is given (or the user chose
+    TF_CPP_MIN_LOG_LEVEL themselves), the file descriptor 2 is pointed at /dev/null while
+    TensorFlow starts and looks for devices; Python exceptions still surface normally.
+    """
+    user_chose = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+    if not user_chose and not debug:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    quiet = _native_stderr_silenced() if not (debug or user_chose) else contextlib.nullcontext()
+    with quiet:
+        import keras
+
+        if not debug:
+            # TensorFlow's Python-side warnings (retracing notices during probe trials) are
+            # about autobatch's own fits, not the user's code.
+            logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device discovery logs here, once per process
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to hide
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

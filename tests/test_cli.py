@@ -1,0 +1,309 @@
+"""The command line, run in-process through `cli.main` (and once as a real subprocess).
+
+Probes use a FakeMemory (patched in as the detected memory) so they are fast and their answer
+known: 1000 bytes + 64 per sample under a 20 000-byte limit, 5% margin -> batch 281.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import autobatch
+from autobatch import cli, demo
+from autobatch.memory.fake import FakeMemory
+from autobatch.results import ProbeResult, TuneResult, load_result
+from tests.conftest import make_mlp
+
+EXPECTED_MAX_BATCH = 281  # floor((20_000 * 0.95 - 1_000) / 64)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cli")
+    make_mlp().save(directory / "model.keras")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8)).astype("float32")
+    y = (x @ rng.normal(size=(8, 1))).astype("float32")
+    np.savez(directory / "data.npz", x=x, y=y)
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Fake memory in place of the detected one; a private probe cache."""
+    import autobatch.memory
+
+    monkeypatch.setenv("AUTOBATCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        autobatch.memory, "detect_memory",
+        lambda memory_limit=None: FakeMemory(memory_limit or 20_000, 1_000, 64),
+    )
+
+
+def run(*argv):
+    return cli.main([str(a) for a in argv])
+
+
+def error_lines(err):
+    return [line for line in err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("command", [[], ["probe"], ["tune"]], ids=["main", "probe", "tune"])
+def test_help_explains_the_npz_array_names(capsys, command):
+    assert run(*command, "--help") == 0
+    out = capsys.readouterr().out
+    for name in ("x_<name>", "y_<name>", "sample_weight", 'np.savez("train.npz"', "Exit codes"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["probe", "model.keras"],  # --data is required
+        ["probe", "model.keras", "--data", "d.npz", "--memory-limit", "6 gigs"],
+        ["probe", "model.keras", "--data", "d.npz", "--margin", "1.5"],
+        ["tune", "model.keras", "--data", "d.npz", "--steps-per-epoch", "0.5,2.5"],
+        ["tune", "model.keras", "--data", "d.npz", "--validation-data", "v.npz",
+         "--validation-split", "0.1"],
+    ],
+    ids=["no command", "unknown command", "no data", "bad size", "bad margin", "bad steps",
+         "validation twice"],
+)
+def test_bad_usage_exits_2_with_a_message(capsys, argv):
+    assert run(*argv) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_a_bad_memory_limit_says_what_a_size_looks_like(capsys):
+    assert run("probe", "m.keras", "--data", "d.npz", "--memory-limit", "6 gigs") == 2
+    assert "'6GiB'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing model", "no such file"),
+        ("missing data", "no such file"),
+        ("not an npz", "not a readable .npz archive"),
+        ("no y", r"has no y \(it holds: inputs, x\)"),
+        ("x twice", "has both x and x_a"),
+        ("uncompiled model", "saved without compile"),
+    ],
+)
+def test_failures_exit_1_with_one_line_and_no_traceback(capsys, files, tmp_path, case, message):
+    model, data = files / "model.keras", files / "data.npz"
+    x = np.zeros((4, 8), "float32")
+    if case == "missing model":
+        model = tmp_path / "nope.keras"
+    elif case == "missing data":
+        data = tmp_path / "nope.npz"
+    elif case == "not an npz":
+        data = tmp_path / "text.npz"
+        data.write_text("hello")
+    elif case == "no y":
+        data = tmp_path / "no_y.npz"
+        np.savez(data, x=x, inputs=x)
+    elif case == "x twice":
+        data = tmp_path / "x_twice.npz"
+        np.savez(data, x=x, x_a=x, y=x)
+    elif case == "uncompiled model":
+        import keras
+
+        model = tmp_path / "uncompiled.keras"
+        keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)]).save(model)
+    assert run("probe", model, "--data", data) == 1
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1, err
+    assert err.startswith("autobatch: error: ")
+    assert "Traceback" not in err
+    assert __import__("re").search(message, err)
+
+
+def test_debug_adds_the_traceback(capsys, tmp_path):
+    assert run("probe", tmp_path / "nope.keras", "--data", tmp_path / "d.npz", "--debug") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "no such file" in err
+
+
+def test_an_unexpected_error_is_one_line_pointing_to_debug(capsys, files, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(autobatch, "probe", broken)
+    assert run("probe", files / "model.keras", "--data", files / "data.npz") == 1
+    assert error_lines(capsys.readouterr().err) == [
+        "autobatch: error: RuntimeError: boom (run with --debug for the traceback)"
+    ]
+
+
+def test_probe_prints_the_table_and_writes_json_and_plots(capsys, files, tmp_path):
+    out_json, plots = tmp_path / "probe.json", tmp_path / "plots"
+    code = run("probe", files / "model.keras", "--data", files / "data.npz",
+               "--json", out_json, "--plots", plots)
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert "Probe: fake device" in out and "yes, chosen" in out
+    assert "Largest batch size that fits: 281" in err  # the progress display's summary
+    result = load_result(out_json)
+    assert isinstance(result, ProbeResult) and result.max_batch_size == EXPECTED_MAX_BATCH
+    assert result == ProbeResult.from_json(result.to_json())
+    assert sorted(p.name for p in plots.iterdir()) == ["probe_memory.png", "probe_throughput.png"]
+
+
+def test_json_to_stdout_is_machine_readable(capsys, files):
+    assert run("probe", files / "model.keras", "--data", files / "data.npz", "--json", "-") == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["max_batch_size"] == EXPECTED_MAX_BATCH
+    assert "Probe: fake device" in err  # the tables moved to stderr
+
+
+def test_quiet_prints_nothing(capsys, files, tmp_path):
+    code = run("probe", files / "model.keras", "--data", files / "data.npz", "-q",
+               "--json", tmp_path / "p.json")
+    assert code == 0
+    assert capsys.readouterr() == ("", "")
+    assert (tmp_path / "p.json").exists()
+
+
+def test_memory_limit_and_margin_reach_the_probe(files, tmp_path):
+    out_json = tmp_path / "probe.json"
+    code = run("probe", files / "model.keras", "--data", files / "data.npz", "-q",
+               "--memory-limit", "10000", "--margin", "0", "--json", out_json)
+    assert code == 0
+    assert load_result(out_json).max_batch_size == (10_000 - 1_000) // 64
+
+
+def test_a_memory_limit_with_a_plus_counts_from_what_is_in_use(files, tmp_path, monkeypatch):
+    import autobatch.memory
+
+    monkeypatch.setattr(
+        autobatch.memory, "detect_memory",
+        lambda memory_limit=None: FakeMemory(memory_limit or 20_000, 1_000, 64, baseline_bytes=5_000),
+    )
+    code = run("probe", files / "model.keras", "--data", files / "data.npz", "-q",
+               "--memory-limit", "+10000", "--margin", "0", "--json", tmp_path / "p.json")
+    assert code == 0
+    result = load_result(tmp_path / "p.json")
+    assert result.limit_bytes == 15_000  # the 5000 in use, plus 10000
+    assert result.max_batch_size == (10_000 - 1_000) // 64
+
+
+def test_named_inputs_and_sample_weight_from_npz(files, tmp_path):
+    import keras
+
+    a, b = keras.Input((3,), name="a"), keras.Input((5,), name="b")
+    output = keras.layers.Dense(1)(keras.layers.Concatenate()([a, b]))
+    model = keras.Model({"a": a, "b": b}, output)
+    model.compile(optimizer="adam", loss="mse")
+    model.save(tmp_path / "two_inputs.keras")
+    n = 64
+    np.savez(tmp_path / "named.npz", x_a=np.ones((n, 3), "float32"), x_b=np.ones((n, 5), "float32"),
+             y=np.ones((n, 1), "float32"), sample_weight=np.ones(n, "float32"))
+    x, y, weights = cli.load_npz(tmp_path / "named.npz")
+    assert sorted(x) == ["a", "b"] and weights.shape == (n,)
+    code = run("probe", tmp_path / "two_inputs.keras", "--data", tmp_path / "named.npz", "-q",
+               "--json", tmp_path / "p.json")
+    assert code == 0
+    assert load_result(tmp_path / "p.json").max_batch_size == n  # all 64 samples fit
+
+
+def test_report_rerenders_a_saved_result_with_plots(capsys, files, tmp_path):
+    run("probe", files / "model.keras", "--data", files / "data.npz", "-q", "--json", tmp_path / "p.json")
+    assert run("report", tmp_path / "p.json", "--plots", tmp_path / "plots") == 0
+    out = capsys.readouterr().out
+    assert "Probe: fake device" in out and "Largest batch size that fits: 281" in out
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 2
+
+
+def test_report_of_a_file_that_is_not_a_result_fails(capsys, tmp_path):
+    (tmp_path / "other.json").write_text('{"hello": 1}')
+    assert run("report", tmp_path / "other.json") == 1
+    assert "not a result saved by autobatch" in capsys.readouterr().err
+
+
+def test_report_plots_without_matplotlib_give_the_install_hint(capsys, files, tmp_path, monkeypatch):
+    run("probe", files / "model.keras", "--data", files / "data.npz", "-q", "--json", tmp_path / "p.json")
+    for name in [m for m in sys.modules if m.startswith("matplotlib")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert run("report", tmp_path / "p.json", "--plots", tmp_path / "plots") == 1
+    assert 'pip install "keras-autobatch[plots]"' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    "use_cache" not in inspect.signature(autobatch.probe).parameters,
+    reason="probe() has no use_cache parameter yet",
+)
+def test_a_second_probe_comes_from_the_cache_unless_no_cache(capsys, files):
+    args = ["probe", files / "model.keras", "--data", files / "data.npz"]
+    assert run(*args) == 0
+    assert "from the probe cache" not in capsys.readouterr().err
+    assert run(*args) == 0
+    assert "from the probe cache" in capsys.readouterr().err
+    assert run(*args, "--no-cache") == 0
+    assert "from the probe cache" not in capsys.readouterr().err
+
+
+def test_tune_writes_a_result_that_round_trips_and_four_plots(capsys, files, tmp_path):
+    out_json, plots = tmp_path / "tune.json", tmp_path / "plots"
+    code = run(
+        "tune", files / "model.keras", "--data", files / "data.npz",
+        "--batch-sizes", "16,64", "--steps-per-epoch", "1", "--budget-samples", "800",
+        "--directory", tmp_path / "search", "--json", out_json, "--plots", plots,
+    )
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "Search: 2 candidates" in out
+    result = load_result(out_json)
+    assert isinstance(result, TuneResult)
+    assert {(t.batch_size, t.steps_per_epoch) for t in result.trials} >= {(result.batch_size, result.steps_per_epoch)}
+    assert result == TuneResult.from_json(result.to_json())
+    assert len(list(plots.glob("*.png"))) == 4
+
+
+def test_devices_reports_the_host_memory(capsys, tmp_path, monkeypatch):
+    monkeypatch.undo()  # the real backends: that is what this command is for
+    monkeypatch.setenv("AUTOBATCH_CACHE_DIR", str(tmp_path / "cache"))
+    assert run("devices", "--json", tmp_path / "devices.json") == 0
+    assert "host RAM" in capsys.readouterr().out
+    info = json.loads((tmp_path / "devices.json").read_text())
+    assert info["backends"][0]["name"] == "host" and info["host"]["total_bytes"] > 0
+
+
+def test_demo_writes_everything_the_readme_promises(files, tmp_path, monkeypatch):
+    # The real demo takes a minute or two; the same steps on a smaller example take seconds.
+    monkeypatch.setattr(demo, "NUM_SAMPLES", 200)
+    monkeypatch.setattr(demo, "BATCH_SIZES", (16,))
+    monkeypatch.setattr(demo, "STEPS_FRACTIONS", (1.0,))
+    monkeypatch.setattr(demo, "BUDGET_PASSES", 1)
+    output = tmp_path / "demo"
+    assert run("demo", "--output-dir", output, "-q") == 0
+    written = {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()}
+    assert {"model.keras", "data.npz", "probe.json", "tune.json", "plots/probe_memory.png",
+            "plots/probe_throughput.png", "plots/tune_val_loss.png",
+            "plots/tune_learning_curves.png"} <= written
+    assert isinstance(load_result(output / "tune.json"), TuneResult)
+
+
+def test_python_dash_m_runs_end_to_end_without_tensorflow_noise(files, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["AUTOBATCH_CACHE_DIR"] = str(tmp_path / "cache")
+    completed = subprocess.run(
+        [sys.executable, "-m", "autobatch", "probe", str(files / "model.keras"),
+         "--data", str(files / "data.npz"), "--max-batch-size", "16",
+         "--json", str(tmp_path / "p.json")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "Probe: CPU (host RAM)" in completed.stdout
+    assert "absl::InitializeLog" not in completed.stderr and "oneDNN" not in completed.stderr
+    assert load_result(tmp_path / "p.json").max_batch_size == 16

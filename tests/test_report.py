@@ -1,0 +1,194 @@
+"""Tables, summaries, progress and plots of probe and tune results (built by hand: no Keras)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from rich.console import Console
+
+import autobatch
+from autobatch import report
+from autobatch.results import ProbeResult, ProbeTrial, TuneResult, TuneTrial
+
+GIB = 2**30
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def probe_result(**changes):
+    def trial(batch, peak, fits=True, error=None):
+        return ProbeTrial(
+            batch_size=batch, peak_bytes=peak, seconds_per_step=None if peak is None else 0.02,
+            samples_per_second=None if peak is None else batch / 0.02, fits=fits,
+            fitted=batch > 8, steps=0 if peak is None else 3, error=error,
+        )
+
+    fields = dict(
+        max_batch_size=300, limit_bytes=8 * GIB, limit_source="GPU:0 total (NVML)",
+        backend="tensorflow", device="GPU:0", memory_source="TensorFlow allocator peak",
+        bytes_per_sample=0.02 * GIB, fixed_bytes=1 * GIB, margin=0.05, baseline_bytes=0,
+        usable_bytes=int(7.6 * GIB), num_samples=5000,
+        trials=[
+            trial(8, int(1.16 * GIB)),
+            trial(300, int(7.0 * GIB)),
+            trial(340, int(7.8 * GIB), fits=False, error="above the safety margin"),
+            trial(400, None, fits=False, error="out of memory"),
+        ],
+        seconds=12.5, num_oom=1, stop_reason="bracketed the limit within the tolerance",
+    )
+    fields.update(changes)
+    return ProbeResult(**fields)
+
+
+def tune_trial(batch, steps, val_loss, *, status="completed", error=None, history=None, **hp):
+    return TuneTrial(
+        batch_size=batch, steps_per_epoch=steps, status=status, val_loss=val_loss,
+        best_epoch=None if val_loss is None else 3, samples_seen=batch * steps * 3,
+        seconds=2.0, samples_per_second=500.0, error=error,
+        val_loss_history=history if history is not None else ([] if val_loss is None else [val_loss + 0.2, val_loss]),
+        hyperparameters={"batch_size": batch, **hp},
+    )
+
+
+def tune_result(probe=None, trials=None):
+    trials = trials if trials is not None else [
+        tune_trial(64, 40, 0.50, epoch_fraction=0.5),
+        tune_trial(16, 80, 0.31, epoch_fraction=0.25),
+        tune_trial(16, 80, 0.45, epoch_fraction=0.25),  # the same candidate, an earlier round
+        tune_trial(300, 9, None, status="failed", error="out of memory", epoch_fraction=0.5),
+        tune_trial(32, 80, 0.40, epoch_fraction=0.5),
+    ]
+    return TuneResult(
+        batch_size=16, steps_per_epoch=80, epochs=3, val_loss=0.31, trials=trials, probe=probe,
+        tuner="hyperband", budget_samples=4000, seconds=30.0,
+    )
+
+
+def rendered(renderable) -> str:
+    console = Console(record=True, width=140, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_probe_table_has_a_row_per_trial_and_marks_the_choice():
+    lines = rendered(report.probe_table(probe_result())).splitlines()
+    header = next(line for line in lines if "peak memory" in line)
+    for column in ("batch", "% of limit", "step time", "samples/s", "fits"):
+        assert column in header
+    rows = [line for line in lines if "│" in line and "batch" not in line]
+    assert len(rows) == 4
+    assert "yes, chosen" in rows[1] and "7.00 GiB" in rows[1] and "88%" in rows[1]
+    assert "over margin" in rows[2] and "OOM" in rows[3]
+
+
+def test_tune_table_shows_each_candidate_once_best_first_failed_last():
+    text = rendered(report.tune_table(tune_result()))
+    rows = [line.split("│")[1:3] for line in text.splitlines() if line.startswith("│")]
+    assert [(int(b), int(s)) for b, s in rows] == [(16, 80), (32, 80), (64, 40), (300, 9)]
+    assert "4 candidates, 5 trials" in text
+    assert "failed: out of memory" in text
+
+
+def test_tune_table_shows_a_hypermodels_own_hyperparameters():
+    trials = [tune_trial(16, 10, 0.3, units=32), tune_trial(16, 10, 0.2, units=64)]
+    text = rendered(report.tune_table(tune_result(trials=trials)))
+    assert "units" in text
+    assert [line.split("│")[3].strip() for line in text.splitlines() if line.startswith("│")] == ["64", "32"]
+
+
+def test_tune_summary_says_what_why_and_the_headroom():
+    text = report.tune_summary(tune_result(probe=probe_result()))
+    assert "batch_size=16, steps_per_epoch=80, epochs=3" in text
+    assert "lowest validation loss (0.3100) of 4 candidates (1 failed, 5 trials)" in text
+    assert "Runner-up: batch 32 x 80 steps (val_loss 0.4000, +29.0%)" in text
+    # Between the trials at 8 (1.16 GiB) and 300 (7.00 GiB): 1.16 + 8/292 x 5.84 = 1.32 GiB.
+    assert "batch 16 peaks near 1.32 GiB, leaving 6.68 GiB (84%) of the 8.00 GiB limit" in text
+
+
+def test_probe_summary_says_when_the_result_came_from_the_cache():
+    assert "from the probe cache" in report.probe_summary(probe_result(from_cache=True))
+    assert "from the probe cache" not in report.probe_summary(probe_result())
+
+
+def test_progress_is_silent_with_verbose_0(capsys):
+    result = probe_result()
+    with report.probe_progress(0) as progress:
+        progress.trial_done(result.trials[0])
+        progress.done(result)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_progress_prints_each_trial_and_the_summary_on_stderr(capsys):
+    result = probe_result()
+    with report.probe_progress(1) as progress:
+        for trial in result.trials:
+            progress.trial_done(trial)
+        progress.done(result)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "batch     300" in err and "Largest batch size that fits: 300" in err
+
+
+def test_show_result_of_a_search_prints_both_tables_and_summaries():
+    console = Console(record=True, width=140, color_system=None)
+    report.show_result(tune_result(probe=probe_result()), console=console)
+    text = console.export_text()
+    assert "Probe: GPU:0" in text and "Search: 4 candidates" in text
+    assert "Largest batch size that fits" in text and "Train with batch_size=16" in text
+
+
+# --- plots ---------------------------------------------------------------------------
+
+
+def assert_pngs(paths, names):
+    assert sorted(p.name for p in paths) == sorted(names)
+    for path in paths:
+        assert path.stat().st_size > 5_000
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_probe_plot_writes_memory_and_throughput(tmp_path):
+    paths = probe_result().plot(tmp_path / "new" / "dir")
+    assert_pngs(paths, ["probe_memory.png", "probe_throughput.png"])
+
+
+def test_tune_plot_writes_its_two_plots_and_the_probes(tmp_path):
+    paths = tune_result(probe=probe_result()).plot(tmp_path)
+    assert_pngs(paths, ["tune_val_loss.png", "tune_learning_curves.png",
+                        "probe_memory.png", "probe_throughput.png"])
+
+
+def test_tune_plot_without_probe_and_with_steps_only(tmp_path):
+    trials = [tune_trial(16, 10, 0.3), tune_trial(32, 20, 0.4, history=[]),
+              tune_trial(64, 5, None, status="failed", error="NaN loss")]
+    paths = tune_result(trials=trials).plot(tmp_path)
+    assert_pngs(paths, ["tune_val_loss.png", "tune_learning_curves.png"])
+
+
+def test_plots_of_a_result_without_timings_or_curves_still_render(tmp_path):
+    untimed = [ProbeTrial(1, 100, None, None, True, False, 1)]
+    probe = probe_result(trials=untimed, max_batch_size=1, bytes_per_sample=None, fixed_bytes=None)
+    failed = [tune_trial(16, 10, None, status="failed", error="out of memory")]
+    assert len(tune_result(probe=probe, trials=failed).plot(tmp_path)) == 4
+
+
+def test_plots_without_matplotlib_say_how_to_install_it(tmp_path, monkeypatch):
+    # A None entry in sys.modules makes `import matplotlib...` raise ImportError.
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(autobatch.MissingDependencyError, match=r'pip install "keras-autobatch\[plots\]"'):
+        probe_result().plot(tmp_path)
+    with pytest.raises(ImportError):  # also an ImportError, for existing handlers
+        tune_result().plot(tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_answer_between_two_trials_is_shown_as_predicted():
+    result = probe_result(max_batch_size=320)  # between 300 (fits) and 340 (past the margin)
+    text = rendered(report.probe_table(result))
+    last_row = [line for line in text.splitlines() if line.startswith("│")][-1]
+    assert "320" in last_row and "~7.40 GiB" in last_row  # 1 GiB + 320 x 0.02 GiB and "yes, chosen" in last_row
+    assert "not run itself" in text
+    summary = report.probe_summary(result)
+    assert "between batch 300 (peak 7.00 GiB) and batch 340 (peak 7.80 GiB" in summary
