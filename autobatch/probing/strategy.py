@@ -201,24 +201,42 @@ class ProbeStrategy:
             # The line is wrong above the largest fit: split the bracket instead.
             target = largest_fit + (smallest_fail - largest_fit) / 2
         elif not self.oom_is_catchable:
-            # Host memory is not linear in the batch (TF on CPU switches kernels and keeps
-            # freed memory: on a small CNN the slope grew 2.6x between batch 512 and 900), and
-            # crossing the limit kills the process. Each step therefore goes at most a third
-            # of the way from the largest measured peak to the limit: a step that costs three
-            # times what the line predicts still survives, and the next one is measured.
-            # The step is sized with the steeper of the fitted slope and the slope over the
-            # whole measured range: a trial that reused memory freed by an earlier one can
-            # flatten the first, much less the second.
-            points = sorted((o for o in history if o.peak_bytes is not None), key=lambda o: o.batch_size)
-            smallest, largest = points[0], points[-1]
-            slope = model.bytes_per_sample
-            if largest.batch_size > smallest.batch_size:
-                whole_range = (largest.peak_bytes - smallest.peak_bytes) / (largest.batch_size - smallest.batch_size)
-                slope = max(slope, whole_range)
-            step_limit = largest.peak_bytes + (self.limit_bytes - largest.peak_bytes) / 3
-            step_size = (step_limit - largest.peak_bytes) / slope if slope > 0 else math.inf
-            target = min(edge, largest.batch_size + step_size, measured[-1] * self.max_growth)
+            step = self._host_step(history, model)
+            if step is None:
+                return None, "the measured peaks scatter by more than the room left"
+            target = min(edge, step)
         else:
             target = edge
         batch_size = int(min(max(math.floor(target), largest_fit + 1), cap))
         return Proposal(batch_size, True), ""
+
+    def _host_step(self, history: list[Observation], model: MemoryModel) -> float | None:
+        """The largest next batch that cannot cross the host limit, even if mispredicted;
+        None when there is no room left for another step.
+
+        Host memory is not linear in the batch: TensorFlow on CPU switches kernels and keeps
+        freed memory (on a small CNN the slope grew 2.6x between batch 512 and 900; on
+        another, one step of 46 samples cost 3x its share), and crossing the limit kills the
+        process. So the room left is first reduced by how far the measured peaks near the top
+        scatter around the line, and a step takes at most a third of the rest: a step that
+        costs three times what the line predicts still survives, and is measured before the
+        next. The step is sized with the steeper of the fitted slope and the slope over the
+        whole measured range (a trial that reused memory freed by an earlier one flattens
+        the first, much less the second).
+        """
+        points = sorted((o for o in history if o.peak_bytes is not None), key=lambda o: o.batch_size)
+        smallest, largest = points[0], points[-1]
+        scatter = max(
+            (abs(o.peak_bytes - model.predict(o.batch_size)) for o in points if 2 * o.batch_size >= largest.batch_size),
+            default=0.0,
+        )
+        slope = model.bytes_per_sample
+        if largest.batch_size > smallest.batch_size:
+            whole_range = (largest.peak_bytes - smallest.peak_bytes) / (largest.batch_size - smallest.batch_size)
+            slope = max(slope, whole_range)
+        room = self.limit_bytes - largest.peak_bytes - scatter
+        if room <= 0:
+            return None
+        if slope <= 0:
+            return largest.batch_size * self.max_growth
+        return min(largest.batch_size + room / 3 / slope, largest.batch_size * self.max_growth)
