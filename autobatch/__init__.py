@@ -21,6 +21,7 @@ from autobatch.errors import (
 from autobatch.memory.fake import FakeMemory
 from autobatch.probing import probe
 from autobatch.results import ProbeResult, ProbeTrial, TuneResult, TuneTrial, load_result
+from autobatch.search import tune
 
 __version__ = "0.1.0"
 
@@ -41,4 +42,5 @@ __all__ = [
     "TuneTrial",
     "load_result",
     "probe",
+    "tune",
 ]

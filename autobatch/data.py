@@ -198,7 +198,9 @@ class ArrayData(TrainingData):
         taken = [None if p is None else _map_leaves(lambda a: np.asarray(a)[indices], p) for p in parts]
         return ArrayData(*taken)
 
-    def split(self, validation_fraction: float, *, seed: int = 0) -> tuple[ArrayData, ArrayData]:
+    def split(
+        self, validation_fraction: float, *, seed: int | None = 0
+    ) -> tuple[ArrayData, ArrayData]:
         """Copies ``(train, validation)`` of a seeded random split; the arrays are not changed.
 
         Unlike Keras' ``validation_split`` (the last fraction of the arrays, before shuffling),
@@ -227,7 +229,9 @@ class ArrayData(TrainingData):
         TensorFlow is there: given arrays, Keras rebuilds its input pipeline at every
         validation, about 30 ms each (measured on CPU), which dominates a search on small
         data that validates after every quarter pass. The loss is the same either way."""
-        parts = (self.x, self.y) if self.sample_weight is None else (self.x, self.y, self.sample_weight)
+        parts = (self.x, self.y)
+        if self.sample_weight is not None:
+            parts = (self.x, self.y, self.sample_weight)
         try:
             import tensorflow as tf
         except ImportError:

@@ -151,6 +151,20 @@ class TuneTrial:
     val_loss_history: list[float] = field(default_factory=list)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     """Every hyperparameter of the candidate, including a HyperModel's own."""
+    epochs_run: int = 0
+    """Epochs actually trained (fewer than ``max_epochs`` when stopped early)."""
+    max_epochs: int | None = None
+    """Epochs that reach the candidate's sample budget."""
+    budget_samples: int | None = None
+    """Training samples this candidate could see (less than the search's for Hyperband's
+    early rounds)."""
+    learning_rate: float | None = None
+    """The learning rate it trained with (scaled from the model's when ``lr_scaling`` is set)."""
+    peak_bytes: int | None = None
+    """Peak memory during its training, as the memory backend measured it."""
+    same_as: str | None = None
+    """The trial whose result this one repeats without training again (the same effective
+    candidate and budget, proposed twice); None when it trained."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +190,12 @@ class TuneResult(_JsonMixin):
     """The best candidate's hyperparameters (a HyperModel's own included)."""
     versions: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    learning_rate: float | None = None
+    """The best candidate's learning rate: set it on the optimizer when ``lr_scaling`` was
+    used (it then differs from the model's own)."""
+    lr_scaling: str | None = None
+    directory: str | None = None
+    """The project directory holding the trials; calling tune again with it resumes."""
 
     def fit_kwargs(self) -> dict[str, int]:
         """Keyword arguments for ``model.fit``: batch_size, steps_per_epoch and epochs."""

@@ -177,12 +177,12 @@ class ProbeStrategy:
 
         model = self.memory_model(history)
         assert model is not None  # a batch fitted, so a peak was measured
-        measured = sorted({o.batch_size for o in history if o.peak_bytes is not None})
+        num_measured = len({o.batch_size for o in history if o.peak_bytes is not None})
         edge = model.largest_batch_under(self.usable_bytes)
         close_enough = self.tolerance * largest_fit
         if cap - largest_fit < max(1, close_enough):
             return None, "bracketed the limit within the tolerance"
-        if len(measured) == 1:
+        if num_measured == 1:
             # The one-point line is only an upper bound on the cost: its edge is a floor, and
             # a step past it is needed to measure the slope at all. On host RAM that step is
             # one sample, taken only while the measured peak is below the limit: it could kill
