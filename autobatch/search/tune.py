@@ -1,0 +1,433 @@
+"""`autobatch.tune`: the batch_size, steps_per_epoch and epochs that train best, for the
+same compute, below the memory limit the probe found."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import numbers
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from autobatch.data import ArrayData, DatasetData, TrainingData, as_training_data
+from autobatch.errors import (
+    AllTrialsFailedError,
+    InvalidArgumentError,
+    InvalidDataError,
+    TrialError,
+)
+from autobatch.memory.base import MemoryBackend
+from autobatch.results import ProbeResult, TuneResult, TuneTrial
+
+#: The equal budget of every candidate: this many passes over the training data, and at
+#: least DEFAULT_MIN_BUDGET_SAMPLES samples. On small data the best candidates need tens of
+#: passes to reach their lowest val_loss (digits, batch 16: pass 67; breast cancer: pass 78),
+#: and early stopping ends them there; on large data 10 passes is already a real training.
+DEFAULT_BUDGET_PASSES = 10
+DEFAULT_MIN_BUDGET_SAMPLES = 100_000
+#: ... and at least this many samples: small data needs many passes to converge.
+#: Early stopping: passes over the training data without a better val_loss.
+DEFAULT_PATIENCE_PASSES = 2.0
+DEFAULT_TUNER = "hyperband"
+#: Random and Bayesian search try this share of the space unless max_trials says otherwise.
+DEFAULT_TRIAL_SHARE = 1 / 3
+
+
+def tune(
+    model: Any,
+    data: Any,
+    *,
+    validation_data: Any = None,
+    validation_split: float = 0.2,
+    tuner: str = DEFAULT_TUNER,
+    batch_sizes: Sequence[int] | None = None,
+    steps_per_epoch: Sequence[int | float] | None = None,
+    budget_samples: int | None = None,
+    budget_seconds: float | None = None,
+    patience: float | None = DEFAULT_PATIENCE_PASSES,
+    min_delta: float = 0.0,
+    lr_scaling: str | None = None,
+    reference_batch_size: int = 32,
+    max_trials: int | None = None,
+    num_samples: int | None = None,
+    probe: ProbeResult | None = None,
+    memory: MemoryBackend | None = None,
+    directory: str | Path | None = None,
+    overwrite: bool = False,
+    seed: int | None = 0,
+    verbose: int = 1,
+) -> TuneResult:
+    """Search batch_size and steps_per_epoch for the lowest validation loss at equal compute.
+
+    Probes the largest batch that fits (unless ``probe`` is given), then lets keras-tuner
+    search batch sizes up to it (powers of two from 16, plus the maximum) times
+    steps_per_epoch (a quarter, half or whole pass over the data). Every candidate starts
+    from the model's initial weights with a fresh optimizer and trains on the same number of
+    samples (``budget_samples``), validating after each epoch; early stopping ends a
+    hopeless one. Its score is its best ``val_loss``, and ``epochs`` the epoch count that
+    reached it, so ``model.fit(x, y, **result.fit_kwargs())`` repeats the winning run (for a
+    dataset: ``model.fit(dataset.batch(result.batch_size), ...)``). A candidate that runs out
+    of memory or whose loss becomes NaN is skipped. The model's weights, optimizer and compile
+    settings are as before afterwards, whatever happens.
+
+    Args:
+        model: A compiled ``keras.Model``, or a ``keras_tuner.HyperModel`` whose ``build(hp)``
+            returns one (its own hyperparameters are then searched together with the batch
+            settings).
+        data: ``(x, y)`` or ``(x, y, sample_weight)`` arrays, an unbatched ``tf.data.Dataset``,
+            or a callable ``batch_size -> batched dataset`` (as for `autobatch.probe`).
+        validation_data: Data in the same forms, to score candidates on. Required for a
+            dataset or a callable; overrides ``validation_split``.
+        validation_split: For arrays: the fraction held out for validation, a seeded random
+            split (unlike Keras' last fraction). Your arrays are not modified.
+        tuner: "hyperband" (the default: it found the grid's best candidate in every run
+            we measured, at about half the grid's time; see
+            benchmarks/tune_default_choice.py), "bayesian", "random" or "grid" (exhaustive).
+            Hyperband on a space of fewer than 5 candidates runs the grid instead.
+        batch_sizes: Batch sizes to try instead of the default; those above the probed
+            maximum are dropped.
+        steps_per_epoch: Integers (step counts) or floats in (0, 1] (fractions of a pass)
+            to try; default ``[0.25, 0.5, 1.0]``. Step counts are clamped to a full pass.
+        budget_samples: Training samples per candidate (default: 10 passes over the data, and
+            at least 100,000 samples so small data can converge).
+        budget_seconds: Training seconds per candidate instead (or as well), checked at
+            each epoch's end.
+        patience: Passes over the training data without a val_loss better by ``min_delta``
+            before a candidate is stopped (converted to each candidate's own epochs); None
+            turns early stopping off.
+        min_delta: The smallest decrease of val_loss that counts as better.
+        lr_scaling: None (default), "linear" or "sqrt": scale the learning rate with
+            ``batch_size / reference_batch_size``. ``result.learning_rate`` is then the rate
+            to train with.
+        reference_batch_size: The batch size the optimizer's learning rate was chosen for
+            (Keras' default batch size, 32, unless you know better).
+        max_trials: At most this many trials (default: a third of the space for random and
+            Bayesian search, all of it for grid, Hyperband's own schedule for hyperband).
+        num_samples: Samples in one pass over ``data`` where it cannot tell: an infinite
+            dataset, a callable.
+        probe: A `ProbeResult` to use instead of probing.
+        memory: A memory backend (e.g. ``autobatch.FakeMemory``) for the probe and for every
+            candidate, instead of the detected one.
+        directory: Where the trials are kept (default ``~/.cache/autobatch/tune``, under
+            ``$AUTOBATCH_CACHE_DIR`` or ``$XDG_CACHE_HOME`` when set; never the current
+            directory). The same call with the same directory resumes an interrupted
+            search; a call that changes the search gets a new project there.
+        overwrite: Start afresh, deleting this search's earlier trials.
+        seed: Seeds the validation split and the tuner's choices (None: random).
+        verbose: 0 silent, 1 a line per candidate and a summary.
+
+    Returns:
+        A `TuneResult`: ``batch_size``, ``steps_per_epoch``, ``epochs``, ``val_loss``, every
+        candidate in ``trials``, and ``fit_kwargs()``.
+
+    Raises:
+        InvalidArgumentError, InvalidDataError, InvalidModelError: bad arguments.
+        AllTrialsFailedError: no candidate trained (each ran out of memory or diverged).
+        TrialError: training failed for another reason (a bug in the model or the data).
+
+    Example:
+        >>> result = autobatch.tune(model, (x_train, y_train))
+        >>> result.fit_kwargs()
+        {'batch_size': 64, 'steps_per_epoch': 12, 'epochs': 31}
+        >>> model.fit(x_train, y_train, **result.fit_kwargs())
+    """
+    import keras_tuner
+
+    from autobatch import report
+    from autobatch.probing.probe import check_model, library_versions
+    from autobatch.probing.probe import probe as run_probe
+    from autobatch.search import project
+    from autobatch.search.hypermodel import LR_SCALINGS, BatchHyperModel
+    from autobatch.search.space import build_space
+    from autobatch.search.tuner import (
+        TUNERS,
+        BatchTuner,
+        hyperband_epochs_for,
+        hyperband_random_trials,
+        make_oracle,
+    )
+
+    started = time.perf_counter()
+    user_hypermodel = model if isinstance(model, keras_tuner.HyperModel) else None
+    if user_hypermodel is None:
+        check_model(model)
+    _check_options(
+        tuner=tuner, tuners=TUNERS, validation_split=validation_split,
+        budget_samples=budget_samples, budget_seconds=budget_seconds, patience=patience,
+        min_delta=min_delta, lr_scaling=lr_scaling, lr_scalings=LR_SCALINGS,
+        reference_batch_size=reference_batch_size, max_trials=max_trials,
+    )
+    if lr_scaling is not None and user_hypermodel is None:
+        from autobatch.search.hypermodel import learning_rate_of
+
+        if learning_rate_of(model.optimizer) is None:
+            raise InvalidArgumentError(
+                f"lr_scaling={lr_scaling!r} needs a constant learning rate, but the model's "
+                f"{type(model.optimizer).__name__} has a schedule (or wraps another optimizer). "
+                "Use lr_scaling=None, or compile with a float learning_rate."
+            )
+    if probe is not None and not isinstance(probe, ProbeResult):
+        raise InvalidArgumentError(
+            f"probe is a {type(probe).__name__}. Expected the ProbeResult of autobatch.probe(), "
+            "or None to probe first."
+        )
+    train, validation = _training_and_validation(
+        data, validation_data, validation_split, num_samples, seed
+    )
+    if memory is None:
+        from autobatch.memory import detect_memory
+
+        memory = detect_memory()
+
+    keep_model = contextlib.nullcontext() if user_hypermodel else _kept_as_it_was(model)
+    with keep_model:
+        if probe is None:
+            probe = run_probe(
+                _model_to_probe(model, user_hypermodel), train, memory=memory, verbose=verbose
+            )
+        space = build_space(
+            num_samples=train.num_samples,
+            max_batch_size=max(1, min(probe.max_batch_size, train.num_samples)),
+            endless=train.endless,
+            batch_sizes=batch_sizes,
+            steps_per_epoch=steps_per_epoch,
+        )
+        tuner_used = tuner
+        if tuner == "hyperband" and space.size < hyperband_random_trials(3):
+            tuner_used = "grid"  # too few candidates for even the smallest Hyperband
+        if max_trials is None and tuner_used in ("random", "bayesian"):
+            max_trials = max(3, math.ceil(space.size * DEFAULT_TRIAL_SHARE))
+        budget = _budget(
+            budget_samples, budget_seconds, patience, train.num_samples,
+            hyperband_epochs=hyperband_epochs_for(space.size) if tuner_used == "hyperband" else 1,
+        )
+        settings = {
+            "tuner": tuner_used, "space": space.describe(), "budget": budget.describe(),
+            "min_delta": min_delta, "lr_scaling": lr_scaling, "max_trials": max_trials,
+            "reference_batch_size": reference_batch_size if lr_scaling else None,
+            "seed": seed,
+            "validation": "given" if validation_data is not None else validation_split,
+        }
+        directory = Path(directory) if directory is not None else project.default_directory()
+        name = project.project_name(tuner_used, settings, model, [train, validation])
+        progress = report.tune_progress(verbose)
+        oracle = make_oracle(
+            tuner_used, max_trials=max_trials, seed=None if seed is None else seed + 1,
+            hyperband_epochs=budget.hyperband_epochs,
+        )
+        if max_trials is not None and tuner_used == "hyperband":
+            oracle.max_trials = max_trials
+        hypermodel = BatchHyperModel(
+            space, model=None if user_hypermodel else model, hypermodel=user_hypermodel,
+            lr_scaling=lr_scaling, reference_batch_size=reference_batch_size,
+        )
+        # keras-tuner prints "Reloading Tuner from ..." when it resumes; our progress says so.
+        with contextlib.redirect_stdout(io.StringIO()):
+            search = BatchTuner(
+                oracle, hypermodel, train=train, validation=validation, budget=budget,
+                memory=memory, min_delta=min_delta, validation_batch_size=space.batch_sizes[-1],
+                on_candidate=progress.trial_done, directory=str(directory), project_name=name,
+                overwrite=overwrite,
+            )
+        search.oracle.verbose = 0  # silence keras-tuner's Display: progress is ours
+        try:
+            with progress:
+                search.search()
+        except keras_tuner.errors.FatalError as error:
+            raise TrialError(
+                f"{error}. This is not an out-of-memory error or a diverging loss, so the "
+                "search stopped; check that model.fit works on this data at a small batch "
+                f"size. The trials so far are kept in {search.project_dir}."
+            ) from error.__cause__
+        records = search.records()
+
+    result = _result(
+        records, probe=probe, tuner=tuner_used, budget=budget, lr_scaling=lr_scaling,
+        seconds=time.perf_counter() - started, directory=search.project_dir,
+        versions=library_versions(),
+    )
+    progress.done(result)
+    return result
+
+
+def _budget(
+    samples: int | None, seconds: float | None, patience: float | None, num_samples: int,
+    *, hyperband_epochs: int,
+) -> Any:
+    """The equal budget; by default DEFAULT_BUDGET_PASSES passes, at least
+    DEFAULT_MIN_BUDGET_SAMPLES samples (a time budget alone sets no sample budget)."""
+    from autobatch.search.space import Budget
+
+    if samples is None and seconds is None:
+        samples = max(DEFAULT_BUDGET_PASSES * num_samples, DEFAULT_MIN_BUDGET_SAMPLES)
+    return Budget(samples, seconds, patience, hyperband_epochs)
+
+
+@contextlib.contextmanager
+def _kept_as_it_was(model: Any) -> Any:
+    """`preserved`, and the caller's optimizer object back in place: the search trains with
+    its own optimizer, and `preserved` restores a built optimizer's values, not the object."""
+    from autobatch.probing.state import preserved
+
+    optimizer = model.optimizer
+    with preserved(model):
+        try:
+            yield
+        finally:
+            model.optimizer = optimizer
+
+
+def _check_options(
+    *, tuner: Any, tuners: tuple, validation_split: Any, budget_samples: Any,
+    budget_seconds: Any, patience: Any, min_delta: Any, lr_scaling: Any, lr_scalings: tuple,
+    reference_batch_size: Any, max_trials: Any,
+) -> None:
+    """Raise `InvalidArgumentError` for an option out of range, before any work is done."""
+    if tuner not in tuners:
+        raise InvalidArgumentError(
+            f"tuner={tuner!r} is not a tuner autobatch knows. Expected one of "
+            f"{', '.join(repr(t) for t in tuners)}."
+        )
+    if not _is_real(validation_split) or not 0 < validation_split < 1:
+        raise InvalidArgumentError(
+            f"validation_split={validation_split!r} is outside (0, 1). Expected the fraction "
+            "of the arrays held out for validation, e.g. validation_split=0.2, or pass "
+            "validation_data=(x_val, y_val)."
+        )
+    if budget_samples is not None and not (_is_int(budget_samples) and budget_samples >= 1):
+        raise InvalidArgumentError(
+            f"budget_samples={budget_samples!r}; expected a positive number of training samples "
+            "per candidate, or None for the default (10 passes, at least 100,000 samples)."
+        )
+    if budget_seconds is not None and not (_is_real(budget_seconds) and budget_seconds > 0):
+        raise InvalidArgumentError(
+            f"budget_seconds={budget_seconds!r}; expected positive seconds per candidate, or None."
+        )
+    if patience is not None and not (_is_real(patience) and patience > 0):
+        raise InvalidArgumentError(
+            f"patience={patience!r}; expected positive passes over the data without improvement "
+            "before a candidate stops (e.g. 2), or None to turn early stopping off."
+        )
+    if not (_is_real(min_delta) and min_delta >= 0):
+        raise InvalidArgumentError(f"min_delta={min_delta!r}; expected a number >= 0.")
+    if lr_scaling not in lr_scalings:
+        raise InvalidArgumentError(
+            f"lr_scaling={lr_scaling!r}; expected None, 'linear' or 'sqrt'."
+        )
+    if not (_is_int(reference_batch_size) and reference_batch_size >= 1):
+        raise InvalidArgumentError(
+            f"reference_batch_size={reference_batch_size!r}; expected the positive batch size "
+            "the learning rate was chosen for (32 is Keras' default)."
+        )
+    if max_trials is not None and not (_is_int(max_trials) and max_trials >= 1):
+        raise InvalidArgumentError(
+            f"max_trials={max_trials!r}; expected a positive integer or None."
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _training_and_validation(
+    data: Any, validation_data: Any, validation_split: float, num_samples: int | None,
+    seed: int | None,
+) -> tuple[TrainingData, TrainingData]:
+    if num_samples is not None and not (_is_int(num_samples) and num_samples >= 1):
+        raise InvalidArgumentError(
+            f"num_samples={num_samples!r}; expected the positive number of samples in one pass "
+            "over the data."
+        )
+    train = as_training_data(data, num_samples=num_samples)
+    if train.num_samples is None:
+        if isinstance(train, DatasetData) and not train.is_infinite:
+            train.count_elements()
+        else:
+            raise InvalidDataError(
+                f"data is a {train.description} whose size autobatch cannot tell, and every "
+                "candidate gets a budget of passes over it. State the samples in one pass: "
+                "autobatch.tune(model, data, num_samples=60_000, validation_data=...)."
+            )
+    if validation_data is not None:
+        return train, as_training_data(validation_data, name="validation_data")
+    if isinstance(train, ArrayData):
+        return train.split(validation_split, seed=seed)
+    raise InvalidDataError(
+        f"data is a {train.description}, and validation_split applies to arrays only. "
+        "Pass validation_data in the same form, e.g. an unbatched tf.data.Dataset of "
+        "held-out samples: autobatch.tune(model, dataset, validation_data=validation_dataset)."
+    )
+
+
+def _model_to_probe(model: Any, user_hypermodel: Any) -> Any:
+    """The model whose memory the probe measures: a HyperModel's default build."""
+    if user_hypermodel is None:
+        return model
+    import keras_tuner
+
+    from autobatch.search.hypermodel import check_built_model
+
+    hp = keras_tuner.HyperParameters()
+    user_hypermodel.declare_hyperparameters(hp)
+    built = user_hypermodel.build(hp)
+    check_built_model(built, f"{type(user_hypermodel).__name__}.build()")
+    return built
+
+
+def _result(
+    records: list[TuneTrial], *, probe: ProbeResult, tuner: str, budget: Any,
+    lr_scaling: str | None, seconds: float, directory: str, versions: dict[str, str],
+) -> TuneResult:
+    scored = [r for r in records if r.status != "failed" and r.val_loss is not None]
+    if not scored:
+        raise AllTrialsFailedError(_all_failed_message(records, directory))
+    best = min(scored, key=lambda r: r.val_loss)
+    return TuneResult(
+        batch_size=best.batch_size,
+        steps_per_epoch=best.steps_per_epoch,
+        epochs=best.best_epoch,
+        val_loss=best.val_loss,
+        trials=records,
+        probe=probe,
+        tuner=tuner,
+        budget_samples=budget.samples,
+        seconds=seconds,
+        hyperparameters=best.hyperparameters,
+        versions=versions,
+        learning_rate=best.learning_rate,
+        lr_scaling=lr_scaling,
+        directory=directory,
+    )
+
+
+def _all_failed_message(records: list[TuneTrial], directory: str) -> str:
+    if not records:
+        return (
+            f"The search ran no candidate (its trials are in {directory}). Pass overwrite=True "
+            "to start afresh, or a larger space (batch_sizes, steps_per_epoch)."
+        )
+    reasons = Counter("out of memory" if r.error == "out of memory" else "a non-finite loss"
+                      for r in records)
+    out_of_memory = sorted({r.batch_size for r in records if r.error == "out of memory"})
+    diverged = [r for r in records if r.error != "out of memory"]
+    parts = []
+    if out_of_memory:
+        parts.append(
+            f"{reasons['out of memory']} ran out of memory (batch sizes "
+            f"{', '.join(map(str, out_of_memory))}): pass smaller batch_sizes or a ProbeResult "
+            "measured with the memory that training really has"
+        )
+    if diverged:
+        parts.append(
+            f"{len(diverged)} had a non-finite loss (e.g. {diverged[0].error} at batch size "
+            f"{diverged[0].batch_size}): lower the learning rate, check the data for NaN or "
+            "inf, or try lr_scaling=None"
+        )
+    return f"All {len(records)} candidates failed; " + "; ".join(parts) + "."

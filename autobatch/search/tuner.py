@@ -1,0 +1,324 @@
+"""The keras-tuner Tuner of a search, and the oracles it can use by name.
+
+keras-tuner runs the search: its Oracle (Hyperband, Bayesian optimisation, random or grid)
+picks the next candidate, saves every trial to the project directory and resumes from there.
+`BatchTuner` only overrides ``run_trial``: train one candidate on the shared budget and
+report its best ``val_loss``. A candidate that runs out of memory or whose loss is not finite
+raises ``FailedTrialError`` (never scored as inf, which Bayesian optimisation would read as
+the best possible value); any other error is fatal, wrapped in ``FatalError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+from typing import Any, Callable
+
+import keras_tuner
+from keras_tuner.errors import FailedTrialError, FatalError
+
+from autobatch.data import TrainingData
+from autobatch.errors import InvalidArgumentError, MissingDependencyError
+from autobatch.memory.base import MemoryBackend
+from autobatch.results import TuneTrial
+from autobatch.search.candidate import CandidateOutcome, train_candidate
+from autobatch.search.hypermodel import BatchHyperModel
+from autobatch.search.space import Budget, Candidate, samples_in_epochs
+
+TUNERS = ("hyperband", "bayesian", "random", "grid")
+OBJECTIVE = "val_loss"
+#: Hyperband: the whole budget is 9 of its "epochs", each round keeps the best third.
+HYPERBAND_EPOCHS = 9
+HYPERBAND_FACTOR = 3
+#: keras-tuner aborts a search after this many failed trials in a row (default 3). A space
+#: whose large batches all run out of memory fails many in a row and must go on.
+NEVER_ABORT = 1_000_000
+RECORD_FILE = "autobatch_trial.json"
+
+
+def hyperband_random_trials(max_epochs: int, factor: int = HYPERBAND_FACTOR) -> int:
+    """How many distinct candidates one Hyperband iteration draws at random.
+
+    keras-tuner's Hyperband stops the whole search when it cannot draw a new distinct
+    candidate, so the space must hold at least this many.
+    """
+    oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=max_epochs, factor=factor)
+    brackets = oracle._get_num_brackets()
+    return sum(oracle._get_size(bracket, 0) for bracket in range(brackets))
+
+
+def hyperband_epochs_for(space_size: int) -> int:
+    """The largest Hyperband budget split (27, 9 or 3) whose random draws fit in the space."""
+    for max_epochs in (27, HYPERBAND_EPOCHS, 3):
+        if hyperband_random_trials(max_epochs) <= space_size:
+            return max_epochs
+    return 1
+
+
+def make_oracle(
+    tuner: str, *, max_trials: int | None, seed: int | None, hyperband_epochs: int
+) -> keras_tuner.Oracle:
+    """The keras-tuner Oracle for a tuner name; raise `InvalidArgumentError` for others."""
+    common = {
+        "objective": keras_tuner.Objective(OBJECTIVE, direction="min"),
+        "seed": seed,
+        "max_consecutive_failed_trials": NEVER_ABORT,
+    }
+    if tuner == "hyperband":
+        return keras_tuner.oracles.HyperbandOracle(
+            max_epochs=hyperband_epochs, factor=HYPERBAND_FACTOR, hyperband_iterations=1, **common
+        )
+    if tuner == "bayesian":
+        try:
+            return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=max_trials, **common)
+        except ImportError as error:
+            raise MissingDependencyError(
+                f"tuner='bayesian' needs scipy and scikit-learn: {error}. Install them with "
+                "pip install scipy scikit-learn, or pick tuner='hyperband'."
+            ) from error
+    if tuner == "random":
+        return keras_tuner.oracles.RandomSearchOracle(max_trials=max_trials, **common)
+    if tuner == "grid":
+        return ResumableGridSearchOracle(max_trials=max_trials, **common)
+    raise InvalidArgumentError(
+        f"tuner={tuner!r} is not a tuner autobatch knows. Expected one of "
+        f"{', '.join(repr(t) for t in TUNERS)}."
+    )
+
+
+class ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
+    """keras-tuner's grid search, able to resume.
+
+    keras-tuner 1.4.8 does not save the grid's bookkeeping (the trials in grid order, and
+    which ones still have to produce their next combination), so a reloaded grid search dies
+    with ``KeyError`` after its first trial (keras-team/keras-tuner#1055). Both are rebuilt
+    here from the reloaded trials: in grid order, each trial queued once; a trial whose next
+    combination was already tried is skipped by the oracle itself.
+    """
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+
+        def compare(first: str, second: str) -> int:
+            return self._compare(
+                self.trials[first].hyperparameters.values,
+                self.trials[second].hyperparameters.values,
+            )
+
+        ordered = sorted(self.start_order, key=functools.cmp_to_key(compare))
+        self._ordered_ids = type(self._ordered_ids)()
+        for trial_id in ordered:
+            self._ordered_ids.insert(trial_id)
+        self._populate_next = list(ordered)
+
+
+class BatchTuner(keras_tuner.Tuner):
+    """Runs each candidate of the search; everything else is keras-tuner's.
+
+    Example:
+        >>> tuner = BatchTuner(make_oracle("grid", max_trials=None, seed=1, hyperband_epochs=1),
+        ...                    BatchHyperModel(space, model=model), train=train,
+        ...                    validation=validation, budget=budget, memory=memory, min_delta=0.0,
+        ...                    validation_batch_size=512, directory=d, project_name="p",
+        ...                    overwrite=False)
+        >>> tuner.search()
+        >>> tuner.records()
+    """
+
+    def __init__(
+        self,
+        oracle: keras_tuner.Oracle,
+        hypermodel: BatchHyperModel,
+        *,
+        train: TrainingData,
+        validation: TrainingData,
+        budget: Budget,
+        memory: MemoryBackend,
+        min_delta: float,
+        validation_batch_size: int,
+        on_candidate: Callable[[TuneTrial], None] = lambda trial: None,
+        directory: str,
+        project_name: str,
+        overwrite: bool,
+    ) -> None:
+        super().__init__(
+            oracle, hypermodel, directory=directory, project_name=project_name,
+            overwrite=overwrite,
+        )
+        self.train = train
+        self.validation = validation
+        self.budget = budget
+        self.memory = memory
+        self.min_delta = min_delta
+        # Validation runs at the largest batch of the space: inference needs less memory
+        # than the training step that fits there, and fewer, larger batches are faster.
+        self.validation_batch_size = validation_batch_size
+        self.on_candidate = on_candidate
+        self._finished: dict[str, TuneTrial] = {}
+
+    # --- keras-tuner hooks -------------------------------------------------------------
+
+    def search(self, *args: Any, **kwargs: Any) -> None:
+        with _failed_trial_tracebacks_hidden():
+            super().search(*args, **kwargs)
+
+    def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        hp = trial.hyperparameters
+        candidate = self.budget.candidate(self.hypermodel.space, hp.values)
+        record = self._reusable(candidate, hp.values, trial.trial_id)
+        if record is None:
+            record = self._train(trial, candidate)
+        self._save_record(trial.trial_id, record)
+        if record.status == "failed":
+            raise FailedTrialError(
+                f"batch_size={record.batch_size}, steps_per_epoch={record.steps_per_epoch}: "
+                f"{record.error}"
+            )
+        return {OBJECTIVE: record.val_loss}
+
+    def on_trial_end(self, trial: Any) -> None:
+        super().on_trial_end(trial)
+        record = self._finished.get(trial.trial_id)
+        if record is not None:
+            self.on_candidate(record)
+
+    # --- one candidate -----------------------------------------------------------------
+
+    def _train(self, trial: Any, candidate: Candidate) -> TuneTrial:
+        hp = trial.hyperparameters
+        model = self.hypermodel.build(hp)
+        try:
+            learning_rate = self.hypermodel.prepare(model, candidate.batch_size)
+            outcome = train_candidate(
+                fit=lambda m, **kwargs: self.hypermodel.fit(hp, m, **kwargs),
+                model=model,
+                candidate=candidate,
+                train=self.train,
+                validation=self.validation,
+                validation_batch_size=self.validation_batch_size,
+                memory=self.memory,
+                min_delta=self.min_delta,
+            )
+        except (FailedTrialError, FatalError):
+            raise  # the caller's HyperModel decided
+        except Exception as error:
+            raise FatalError(
+                f"Training the candidate batch_size={candidate.batch_size}, "
+                f"steps_per_epoch={candidate.steps_per_epoch} failed with "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        return self._record(trial, candidate, outcome, learning_rate)
+
+    def _record(
+        self, trial: Any, candidate: Candidate, outcome: CandidateOutcome, learning_rate: Any
+    ) -> TuneTrial:
+        space = self.hypermodel.space
+        sizes = space.epoch_sizes(candidate.batch_size, candidate.steps_per_epoch)
+        samples = samples_in_epochs(sizes, outcome.epochs_run)
+        if outcome.failure is not None:
+            status = "failed"
+        elif outcome.stopped_early:
+            status = "stopped early"
+        else:
+            status = "completed"
+        return TuneTrial(
+            batch_size=candidate.batch_size,
+            steps_per_epoch=candidate.steps_per_epoch,
+            status=status,
+            val_loss=None if outcome.failure else outcome.best_val_loss,
+            best_epoch=None if outcome.failure else outcome.best_epoch,
+            samples_seen=samples,
+            seconds=outcome.seconds,
+            samples_per_second=samples / outcome.train_seconds if outcome.train_seconds else None,
+            error=outcome.failure,
+            trial_id=trial.trial_id,
+            val_loss_history=outcome.val_losses,
+            hyperparameters=public_values(trial.hyperparameters.values),
+            epochs_run=outcome.epochs_run,
+            max_epochs=candidate.max_epochs,
+            budget_samples=candidate.budget_samples,
+            learning_rate=learning_rate,
+            peak_bytes=outcome.peak_bytes,
+        )
+
+    def _reusable(self, candidate: Candidate, values: dict, trial_id: str) -> TuneTrial | None:
+        """An earlier trial of the same candidate whose result this one would repeat.
+
+        Several hyperparameter values can mean the same candidate (a quarter and a half pass
+        are both one step when a batch holds half the data); Bayesian optimisation proposes
+        points it has tried; Hyperband promotes a candidate that early stopping had already
+        ended. Training those again would cost time and show nothing new.
+        """
+        wanted = public_values(values, candidate)
+        for record in self.records():
+            same = public_values(record.hyperparameters, record) == wanted
+            if not same or record.budget_samples is None or candidate.budget_samples is None:
+                continue
+            done = record.status in ("failed", "stopped early") and (
+                record.budget_samples <= candidate.budget_samples
+            )
+            if record.budget_samples == candidate.budget_samples or done:
+                return dataclasses.replace(
+                    record, trial_id=trial_id, seconds=0.0, hyperparameters=public_values(values),
+                    same_as=record.same_as or record.trial_id,
+                )
+        return None
+
+    # --- records: our view of each trial, next to keras-tuner's trial.json ---------------
+
+    def _save_record(self, trial_id: str, record: TuneTrial) -> None:
+        path = os.path.join(self.get_trial_dir(trial_id), RECORD_FILE)
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(dataclasses.asdict(record), file)
+        self._finished[trial_id] = record
+
+    def records(self) -> list[TuneTrial]:
+        """Every finished candidate of this project, earlier runs included, in start order."""
+        found = []
+        for trial_id in self.oracle.start_order:
+            path = os.path.join(self.project_dir, f"trial_{trial_id}", RECORD_FILE)
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as file:
+                    data = json.load(file)
+                known = {f.name for f in dataclasses.fields(TuneTrial)}
+                found.append(TuneTrial(**{k: v for k, v in data.items() if k in known}))
+        return found
+
+
+@contextlib.contextmanager
+def _failed_trial_tracebacks_hidden() -> Any:
+    """keras-tuner prints the traceback of every failed trial to stderr (its DEBUG flag is on
+    by default). A candidate that runs out of memory is expected here, and its reason is in
+    the trial's record and our progress line, so the flag is off during our search."""
+    try:
+        from keras_tuner.src import config
+    except ImportError:  # a keras-tuner without the flag
+        yield
+        return
+    debug = config.DEBUG
+    config.DEBUG = False
+    try:
+        yield
+    finally:
+        config.DEBUG = debug
+
+
+def public_values(values: dict[str, Any], candidate: Any = None) -> dict[str, Any]:
+    """Hyperparameter values without keras-tuner's Hyperband bookkeeping (``tuner/...``).
+
+    With ``candidate``, the batch settings are its effective ones (what fit received).
+    """
+    public = {k: v for k, v in values.items() if not k.startswith("tuner/")}
+    if candidate is not None:
+        public.pop("epoch_fraction", None)
+        public["batch_size"] = candidate.batch_size
+        public["steps_per_epoch"] = candidate.steps_per_epoch
+    return public
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,381 @@
+"""`autobatch.tune` end to end on CPU, with a one-layer model and FakeMemory."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+import autobatch
+from autobatch import AllTrialsFailedError, FakeMemory, InvalidArgumentError, InvalidDataError
+
+NUM_SAMPLES = 160  # 128 train + 32 validation after the default split
+
+
+def regression_data(num_samples: int = NUM_SAMPLES):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(num_samples, 4)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5], [0.0]], "float32")
+         + 0.1 * rng.normal(size=(num_samples, 1))).astype("float32")
+    return x, y
+
+
+class NanAboveBatch(keras.layers.Layer):
+    """Training loss becomes NaN for batches larger than ``limit``; inference is untouched."""
+
+    def __init__(self, limit: int, **kwargs):
+        super().__init__(**kwargs)
+        self.limit = limit
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        too_big = keras.ops.shape(inputs)[0] > self.limit
+        return inputs + keras.ops.where(too_big, float("nan"), 0.0)
+
+
+def make_model(nan_above: int | None = None) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((4,)), keras.layers.Dense(1)]
+    if nan_above is not None:
+        layers.append(NanAboveBatch(nan_above))
+    model = keras.Sequential(layers)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse", metrics=["mae"])
+    return model
+
+
+def model_state(model: keras.Model) -> dict:
+    return {
+        "weights": [w.numpy().copy() for w in model.weights],
+        "optimizer": model.optimizer,
+        "optimizer_config": model.optimizer.get_config(),
+        "optimizer_built": model.optimizer.built,
+        "optimizer_values": [v.numpy().copy() for v in model.optimizer.variables],
+        "loss": model.loss,
+        "metrics": [m.name for m in model.metrics],
+    }
+
+
+def assert_untouched(model: keras.Model, before: dict) -> None:
+    after = model_state(model)
+    assert all(np.array_equal(a, b) for a, b in zip(before["weights"], after["weights"]))
+    assert after["optimizer"] is before["optimizer"]
+    assert after["optimizer_config"] == before["optimizer_config"]
+    assert after["optimizer_built"] == before["optimizer_built"]
+    assert all(np.array_equal(a, b)
+               for a, b in zip(before["optimizer_values"], after["optimizer_values"]))
+    assert (after["loss"], after["metrics"]) == (before["loss"], before["metrics"])
+
+
+@pytest.fixture(scope="module")
+def probed():
+    """One probe for the tests that do not test probing: every batch up to the data fits."""
+    x, y = regression_data(128)
+    # use_cache=False: a module fixture runs before the per-test private cache is set up.
+    return autobatch.probe(
+        make_model(), (x, y), memory=FakeMemory(2**40), use_cache=False, verbose=0
+    )
+
+
+def small_search(tmp_path, **overrides):
+    """A grid of 3 batch sizes x 2 steps_per_epoch, 3 passes each: a few seconds."""
+    options = dict(
+        tuner="grid", batch_sizes=[16, 32, 64], steps_per_epoch=[0.5, 1.0],
+        budget_samples=3 * 128, memory=FakeMemory(2**40), directory=tmp_path, verbose=0,
+    )
+    options.update(overrides)
+    return options
+
+
+def test_the_result_is_the_best_candidate_and_the_model_is_untouched(tmp_path, capsys):
+    x, y = regression_data()
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)  # a built optimizer with state must survive too
+    before = model_state(model)
+
+    result = autobatch.tune(model, (x, y), **small_search(tmp_path))
+
+    assert_untouched(model, before)
+    assert capsys.readouterr() == ("", "")  # verbose=0: keras-tuner's printing silenced
+    assert len(result.trials) == 6
+    best = min(result.trials, key=lambda t: t.val_loss)
+    assert result.val_loss == best.val_loss
+    assert result.fit_kwargs() == {
+        "batch_size": best.batch_size, "steps_per_epoch": best.steps_per_epoch,
+        "epochs": best.best_epoch,
+    }
+    assert best.val_loss == min(best.val_loss_history)
+    assert best.val_loss_history[result.epochs - 1] == result.val_loss
+    assert result.probe is not None and result.probe.max_batch_size == 128
+    assert {(t.batch_size, t.steps_per_epoch) for t in result.trials} == {
+        (16, 4), (16, 8), (32, 2), (32, 4), (64, 1), (64, 2),
+    }
+    # The equal budget: every candidate that ran to its end saw the same samples.
+    assert {t.samples_seen for t in result.trials if t.status == "completed"} == {3 * 128}
+    assert autobatch.TuneResult.from_json(result.to_json()) == result
+
+
+def test_progress_is_visible_at_verbose_1(tmp_path, capsys, probed):
+    x, y = regression_data()
+    autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path, probe=probed, batch_sizes=[32], steps_per_epoch=[1.0], verbose=1))
+    err = capsys.readouterr().err
+    assert "candidate   1: batch     32" in err
+    assert "Train with batch_size=32" in err
+
+
+def test_out_of_memory_candidates_are_skipped_and_the_search_goes_on(tmp_path, probed):
+    x, y = regression_data()
+    model = make_model()
+    before = model_state(model)
+    # The probe claims 128 fits, but the search's memory runs out above 16: four failures
+    # in a row at the end of the grid must not abort it (keras-tuner's default is 3).
+    memory = FakeMemory(limit_bytes=20, bytes_per_sample=1)
+
+    result = autobatch.tune(model, (x, y), **small_search(
+        tmp_path, probe=probed, memory=memory, batch_sizes=[16, 32, 64]))
+
+    assert_untouched(model, before)
+    failed = [t for t in result.trials if t.status == "failed"]
+    assert {t.batch_size for t in failed} == {32, 64}
+    assert all(t.error == "out of memory" and t.val_loss is None for t in failed)
+    assert result.batch_size == 16
+    assert memory.trial_batch_sizes == [16, 16, 32, 32, 64, 64]
+
+
+def test_a_nan_loss_fails_only_that_candidate(tmp_path, probed):
+    x, y = regression_data()
+    model = make_model(nan_above=32)
+    before = model_state(model)
+
+    result = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed))
+
+    assert_untouched(model, before)
+    failed = {t.batch_size: t.error for t in result.trials if t.status == "failed"}
+    assert set(failed) == {64}
+    assert all("loss is nan in epoch 1" in error for error in failed.values())
+    assert result.batch_size in (16, 32) and np.isfinite(result.val_loss)
+
+
+def test_when_every_candidate_fails_the_error_says_why(tmp_path, probed):
+    x, y = regression_data()
+    model = make_model(nan_above=0)
+    before = model_state(model)
+
+    with pytest.raises(AllTrialsFailedError, match=r"All 6 candidates failed; 6 had a non-finite"):
+        autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed))
+
+    assert_untouched(model, before)
+
+
+class InterruptingMemory(FakeMemory):
+    """Ctrl-C at the start of the candidate after ``trials`` candidates."""
+
+    def __init__(self, trials: int):
+        super().__init__(limit_bytes=2**40)
+        self.trials_left = trials
+
+    def before_trial(self, batch_size: int) -> None:
+        if self.trials_left == 0:
+            raise KeyboardInterrupt
+        self.trials_left -= 1
+        super().before_trial(batch_size)
+
+
+def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, probed):
+    x, y = regression_data()
+    model = make_model()
+    before = model_state(model)
+
+    with pytest.raises(KeyboardInterrupt):
+        autobatch.tune(model, (x, y), **small_search(
+            tmp_path, probe=probed, memory=InterruptingMemory(trials=4)))
+    assert_untouched(model, before)
+
+    memory = FakeMemory(2**40)
+    result = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed, memory=memory))
+    # The 4 finished candidates are not trained again: only the interrupted one and the last.
+    assert len(memory.trial_batch_sizes) == 2
+    assert len(result.trials) == 6
+
+    again = FakeMemory(2**40)
+    autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed, memory=again))
+    assert again.trial_batch_sizes == []  # finished: the answer comes from the saved trials
+
+    fresh = FakeMemory(2**40)
+    autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed, memory=fresh,
+                                                 overwrite=True))
+    assert len(fresh.trial_batch_sizes) == 6
+    assert_untouched(model, before)
+
+
+def test_a_changed_search_gets_its_own_project(tmp_path, probed):
+    x, y = regression_data()
+    model = make_model()
+    first = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed,
+                                                         batch_sizes=[16]))
+    second = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed,
+                                                          batch_sizes=[32]))
+    assert first.directory != second.directory
+    assert {t.batch_size for t in second.trials} == {32}
+
+
+def test_a_hypermodel_tunes_its_own_hyperparameters_with_the_batch_settings(tmp_path, probed):
+    class TwoLayers(keras_tuner.HyperModel):
+        def build(self, hp):
+            model = keras.Sequential([
+                keras.Input((4,)),
+                keras.layers.Dense(hp.Choice("units", [2, 8]), activation="relu"),
+                keras.layers.Dense(1),
+            ])
+            model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+            return model
+
+    x, y = regression_data()
+    result = autobatch.tune(TwoLayers(), (x, y), **small_search(
+        tmp_path, probe=probed, batch_sizes=[16, 32], steps_per_epoch=[1.0]))
+
+    assert {(t.hyperparameters["units"], t.batch_size) for t in result.trials} == {
+        (2, 16), (2, 32), (8, 16), (8, 32),
+    }
+    assert result.hyperparameters["units"] in (2, 8)
+    assert "tuner/epochs" not in json.dumps(result.to_dict())
+
+
+def test_a_dataset_with_validation_data_is_searched(tmp_path, probed):
+    import tensorflow as tf
+
+    x, y = regression_data()
+    train = tf.data.Dataset.from_tensor_slices((x[:128], y[:128]))
+    validation = tf.data.Dataset.from_tensor_slices((x[128:], y[128:]))
+    result = autobatch.tune(make_model(), train, validation_data=validation, **small_search(
+        tmp_path, probe=probed, batch_sizes=[16, 64], steps_per_epoch=[1.0]))
+    assert {t.samples_seen for t in result.trials if t.status == "completed"} == {3 * 128}
+
+
+def test_an_infinite_dataset_with_its_size_stated_is_searched(tmp_path, probed):
+    import tensorflow as tf
+
+    x, y = regression_data()
+    train = tf.data.Dataset.from_tensor_slices((x[:128], y[:128])).repeat()
+    result = autobatch.tune(make_model(), train, validation_data=(x[128:], y[128:]),
+                            num_samples=128, **small_search(
+                                tmp_path, probe=probed, batch_sizes=[32], steps_per_epoch=[2]))
+    assert result.trials[0].max_epochs == 6  # 3 passes of 128 samples, 64 per epoch
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        ({"validation_split": 1.5}, InvalidArgumentError,
+         r"validation_split=1.5 is outside \(0, 1\)"),
+        ({"validation_split": 0}, InvalidArgumentError, r"validation_split=0 is outside"),
+        ({"tuner": "annealing"}, InvalidArgumentError, r"tuner='annealing' is not a tuner"),
+        ({"lr_scaling": "cube"}, InvalidArgumentError, r"lr_scaling='cube'; expected None"),
+        ({"patience": 0}, InvalidArgumentError, r"patience=0; expected positive passes"),
+        ({"budget_samples": 0}, InvalidArgumentError, r"budget_samples=0; expected a positive"),
+        ({"probe": 128}, InvalidArgumentError, r"probe is a int. Expected the ProbeResult"),
+    ],
+)
+def test_bad_options_are_rejected_before_any_training(tmp_path, arguments, error, match):
+    x, y = regression_data()
+    memory = FakeMemory(2**40)
+    with pytest.raises(error, match=match):
+        autobatch.tune(make_model(), (x, y), **small_search(tmp_path, memory=memory, **arguments))
+    assert memory.trial_batch_sizes == []
+
+
+def test_a_dataset_needs_validation_data(tmp_path):
+    import tensorflow as tf
+
+    x, y = regression_data()
+    with pytest.raises(InvalidDataError, match=r"validation_split applies to arrays only.*"
+                                               r"Pass validation_data"):
+        autobatch.tune(make_model(), tf.data.Dataset.from_tensor_slices((x, y)),
+                       **small_search(tmp_path))
+
+
+def test_an_infinite_dataset_needs_its_size(tmp_path):
+    import tensorflow as tf
+
+    x, y = regression_data()
+    endless = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
+    with pytest.raises(InvalidDataError, match=r"infinite.*State the samples in one pass: "
+                                               r".*num_samples="):
+        autobatch.tune(make_model(), endless, validation_data=(x, y), **small_search(tmp_path))
+
+
+def test_an_uncompiled_model_is_rejected(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    with pytest.raises(autobatch.InvalidModelError, match="not compiled"):
+        autobatch.tune(model, regression_data(), **small_search(tmp_path))
+
+
+def test_the_validation_split_is_random_and_leaves_the_arrays_alone(tmp_path, probed):
+    x, y = regression_data()
+    x_before, y_before = x.copy(), y.copy()
+    from autobatch.data import ArrayData
+
+    train, validation = ArrayData(x, y).split(0.2, seed=0)
+    assert (train.num_samples, validation.num_samples) == (128, 32)
+    held_out = {tuple(row) for row in validation.x}
+    assert held_out != {tuple(row) for row in x[-32:]}  # not Keras' "last fraction"
+    assert not held_out & {tuple(row) for row in train.x}
+    autobatch.tune(make_model(), (x, y), **small_search(tmp_path, probe=probed,
+                                                        batch_sizes=[64], steps_per_epoch=[1.0]))
+    assert np.array_equal(x, x_before) and np.array_equal(y, y_before)
+
+
+def test_a_time_budget_stops_every_candidate_at_an_epoch_end(tmp_path, probed):
+    x, y = regression_data()
+    result = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path, probe=probed, batch_sizes=[16], steps_per_epoch=[1],
+        budget_samples=None, budget_seconds=0.3, patience=None))
+    (trial,) = result.trials
+    assert trial.status == "stopped early" and trial.epochs_run >= 1
+    assert trial.samples_seen == 16 * trial.epochs_run
+    assert result.budget_samples is None
+
+
+def test_an_error_that_is_not_out_of_memory_stops_the_search(tmp_path, probed):
+    x, y = regression_data()
+    model = make_model()
+    before = model_state(model)
+    wrong_width = np.zeros((NUM_SAMPLES, 5), "float32")  # the model takes 4 features
+    with pytest.raises(autobatch.TrialError, match=r"batch_size=16, steps_per_epoch=4 failed with"):
+        autobatch.tune(model, (wrong_width, y), **small_search(tmp_path, probe=probed))
+    assert_untouched(model, before)
+
+
+def test_trials_go_to_the_user_cache_never_the_current_directory(tmp_path, monkeypatch, probed):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AUTOBATCH_CACHE_DIR", str(cache))
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.chdir(working)
+    options = small_search(tmp_path, probe=probed, batch_sizes=[32], steps_per_epoch=[1.0])
+    del options["directory"]
+    result = autobatch.tune(make_model(), regression_data(), **options)
+    assert result.directory.startswith(str(cache / "tune"))
+    assert list(working.iterdir()) == []
+
+
+def test_lr_scaling_scales_the_learning_rate_with_the_batch(tmp_path, probed):
+    x, y = regression_data()
+    result = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path, probe=probed, batch_sizes=[16, 64], steps_per_epoch=[1.0],
+        lr_scaling="linear", reference_batch_size=32))
+    rates = {t.batch_size: t.learning_rate for t in result.trials}
+    assert rates == pytest.approx({16: 0.025, 64: 0.1})
+    assert result.learning_rate == pytest.approx(rates[result.batch_size])
+
+
+def test_lr_scaling_needs_a_constant_learning_rate(tmp_path):
+    model = make_model()
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, 10, 0.9)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
+    with pytest.raises(InvalidArgumentError, match=r"lr_scaling='sqrt' needs a constant"):
+        autobatch.tune(model, regression_data(), **small_search(tmp_path, lr_scaling="sqrt"))
