@@ -1,0 +1,1 @@
+"""Benchmarks for autobatch: model zoo, probe, tune and throughput benchmarks (not shipped)."""

@@ -1,0 +1,276 @@
+"""The processes a benchmark starts: each builds a zoo model afresh and does one job.
+
+Run as ``python -m benchmarks._child '<json>'`` from the repository root, in a `MemoryCage`
+(the parent moves it in before exec). Jobs:
+
+- ``fit``: train ``steps`` steps at one batch size (the ground truth: killed = does not fit);
+- ``probe``: run ``autobatch.probe`` (the limit found by itself) and check that the model's
+  weights, optimizer variables and ``optimizer.iterations`` are unchanged afterwards;
+- ``worker``: a trial server for the peer strategies: one trial per ``<batch size>`` line read
+  on stdin, one JSON line back, until stdin closes;
+- ``sweep``: throughput and peak memory at each of a list of batch sizes, ascending.
+
+Every answer is one line ``@@result <json>`` on stdout (TensorFlow may print other lines).
+A child that the OOM killer ends prints nothing: the parent sees exit status -9.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MARKER = "@@result "
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    sys.stdout.write(MARKER + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _peak_charged_bytes() -> int | None:
+    """Peak RSS less file-backed pages (shared libraries): about what a cgroup charges.
+
+    The explicit-limit mode compares this with the limit, the same measure autobatch's
+    host backend uses, so a limit means the same to the ground truth and to the probe.
+    """
+    peak = _status_bytes("VmHWM")
+    return None if peak is None else peak - (_status_bytes("RssFile") or 0)
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+class _Peak:
+    """Peak memory of a block, measured the way the limit is enforced.
+
+    In a cgroup (v1): the cgroup's peak usage. On an accelerator (``device``): autobatch's
+    backend for it (the allocator's peak). Otherwise: peak RSS less file-backed pages.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        cgroup = spec.get("cgroup")
+        self.cgroup = Path(cgroup) if cgroup else None
+        self.use_cgroup = bool(self.cgroup and (self.cgroup / "memory.max_usage_in_bytes").exists())
+        self.backend = None
+        if spec.get("device"):
+            from autobatch.memory import detect_memory
+
+            self.backend = detect_memory()
+        self._trial: Any = None
+        self._reading: Any = None
+
+    def usage(self) -> int | None:
+        if self.backend is not None:
+            return self.backend.current_bytes()
+        if self.use_cgroup:
+            return int((self.cgroup / "memory.usage_in_bytes").read_text())
+        return (_status_bytes("VmRSS") or 0) - (_status_bytes("RssFile") or 0)
+
+    def limit(self) -> int | None:
+        return None if self.backend is None else self.backend.limit_bytes()
+
+    def reset(self) -> None:
+        if self.backend is not None:
+            self._trial = self.backend.trial(0)
+            self._reading = self._trial.__enter__()
+            return
+        _reset_peak_rss()
+        if self.use_cgroup:
+            (self.cgroup / "memory.max_usage_in_bytes").write_text("0")
+
+    def read(self) -> int | None:
+        if self.backend is not None:
+            self._trial.__exit__(None, None, None)
+            return self._reading.peak_bytes
+        if self.use_cgroup:
+            return int((self.cgroup / "memory.max_usage_in_bytes").read_text())
+        return _peak_charged_bytes()
+
+
+def _train(model: Any, x: Any, y: Any, batch_size: int, steps: int) -> int:
+    """``steps`` optimizer steps at ``batch_size`` on the whole arrays, as real training does."""
+    per_epoch = max(1, min(steps, len(x) // batch_size))
+    epochs = -(-steps // per_epoch)
+    model.train_function = None  # every batch shape gets its own fresh train function
+    model.fit(x, y, batch_size=batch_size, steps_per_epoch=per_epoch, epochs=epochs, verbose=0)
+    return per_epoch * epochs
+
+
+def _is_oom(error: BaseException) -> bool:
+    from autobatch.memory.oom import is_out_of_memory
+
+    return is_out_of_memory(error)
+
+
+def job_fit(spec: dict[str, Any], model: Any, x: Any, y: Any) -> dict[str, Any]:
+    peak = _Peak(spec)
+    peak.reset()
+    started = time.perf_counter()
+    try:
+        steps = _train(model, x, y, spec["batch_size"], spec["steps"])
+    except Exception as error:  # noqa: BLE001 - a catchable OOM (GPU) means "does not fit"
+        if not _is_oom(error):
+            raise
+        return {"fits": False, "oom": "exception"}
+    result = {
+        "fits": True,
+        "steps": steps,
+        "seconds": time.perf_counter() - started,
+        "peak_bytes": peak.read(),
+        "peak_rss_bytes": _status_bytes("VmHWM"),
+        "peak_charged_bytes": _peak_charged_bytes(),
+    }
+    limit = spec.get("explicit_limit")
+    if limit is not None and result["peak_charged_bytes"] > limit:
+        # No cgroup: the limit is simulated, and a peak above it counts as running out.
+        result.update(fits=False, oom="peak above the explicit limit")
+    return result
+
+
+def _snapshot(model: Any) -> dict[str, Any]:
+    import numpy as np
+
+    optimizer = model.optimizer
+    return {
+        "weights": [np.array(v.numpy(), copy=True) for v in model.variables],
+        "optimizer": [np.array(v.numpy(), copy=True) for v in optimizer.variables],
+        "iterations": int(optimizer.iterations.numpy()),
+        "optimizer_object": optimizer,
+    }
+
+
+def _same(before: dict[str, Any], after: dict[str, Any]) -> dict[str, bool]:
+    import numpy as np
+
+    def equal(a: list, b: list) -> bool:
+        return len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b))
+
+    return {
+        "weights_unchanged": equal(before["weights"], after["weights"]),
+        "optimizer_variables_unchanged": equal(before["optimizer"], after["optimizer"]),
+        "iterations_unchanged": before["iterations"] == after["iterations"],
+        "optimizer_object_unchanged": before["optimizer_object"] is after["optimizer_object"],
+    }
+
+
+def _give_optimizer_state(model: Any) -> None:
+    """Build the optimizer and fill its state, as after some training, without training.
+
+    A trained-before model makes "the probe left the optimizer alone" a real check; training
+    for real first would also leave traced functions and input copies in this process and
+    change the memory the probe starts from.
+    """
+    import numpy as np
+
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    for variable in optimizer.variables:
+        if "iteration" in variable.path:
+            variable.assign(7)
+        elif "learning_rate" not in variable.path:
+            variable.assign(np.full(variable.shape, 1e-3, dtype=variable.dtype))
+
+
+def job_probe(spec: dict[str, Any], model: Any, x: Any, y: Any) -> dict[str, Any]:
+    import autobatch
+
+    _give_optimizer_state(model)
+    before = _snapshot(model)
+    started = time.perf_counter()
+    result = autobatch.probe(model, (x, y), memory_limit=spec.get("explicit_limit"), verbose=0)
+    seconds = time.perf_counter() - started
+    return {
+        "result": result.to_dict(),
+        "wall_seconds": seconds,
+        "preserved": _same(before, _snapshot(model)),
+    }
+
+
+def job_worker(spec: dict[str, Any], model: Any, x: Any, y: Any) -> None:
+    peak = _Peak(spec)
+    _emit({"ready": True, "usage_bytes": peak.usage(), "limit_bytes": peak.limit()})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        batch_size = int(line)
+        peak.reset()
+        started = time.perf_counter()
+        try:
+            _train(model, x, y, batch_size, spec["steps"])
+        except Exception as error:  # noqa: BLE001 - catchable OOM (GPU): report and go on
+            if not _is_oom(error):
+                raise
+            _emit({"batch_size": batch_size, "fits": False, "seconds": time.perf_counter() - started})
+            continue
+        measured = peak.read()
+        fits = True
+        limit = spec.get("explicit_limit")
+        if limit is not None and (_peak_charged_bytes() or 0) > limit:
+            fits = False  # no cgroup: a peak above the simulated limit counts as running out
+        _emit(
+            {
+                "batch_size": batch_size,
+                "fits": fits,
+                "peak_bytes": measured,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+
+
+def job_sweep(spec: dict[str, Any], model: Any, x: Any, y: Any) -> dict[str, Any]:
+    from autobatch.memory import detect_memory
+    from benchmarks.throughput_bench import measure
+
+    memory = detect_memory()
+    points = []
+    for batch_size in spec["batch_sizes"]:
+        try:
+            points.append(
+                measure(model, x, y, batch_size, memory, min_seconds=spec["min_seconds"],
+                        max_steps=spec["max_steps"])
+            )
+        except Exception as error:  # noqa: BLE001 - a catchable OOM (GPU) ends the sweep
+            if not _is_oom(error):
+                raise
+            points.append({"batch_size": batch_size, "out_of_memory": True})
+            break
+    return {"points": points, "device": memory.device, "peak_source": memory.peak_source}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    started = time.perf_counter()
+    from benchmarks import zoo
+
+    model, (x, y) = zoo.build(spec["model"], seed=spec.get("seed", 0))
+    build_seconds = time.perf_counter() - started
+    job = spec["job"]
+    if job == "worker":
+        job_worker(spec, model, x, y)
+        return
+    payload = {"fit": job_fit, "probe": job_probe, "sweep": job_sweep}[job](spec, model, x, y)
+    payload["startup_seconds"] = build_seconds
+    _emit(payload)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The benchmarks' pure logic: peer strategies, simulated curves, the true-max search, tables.
+
+No training here: every oracle is an exact memory curve, so each test runs in milliseconds
+and the right answer is known.
+"""
+
+import math
+
+import pytest
+
+from benchmarks import _common, peers, probe_trials
+from benchmarks.probe_bench import find_true_max
+
+
+def linear_oracle(limit, fixed=0, per_sample=1):
+    """Peak = fixed + per_sample * b; None (out of memory) above ``limit``."""
+
+    def oracle(batch_size):
+        peak = fixed + per_sample * batch_size
+        return peak if peak <= limit else None
+
+    return oracle
+
+
+@pytest.mark.parametrize("true_max", [1, 2, 3, 100, 257, 1000, 4095])
+def test_lightning_binsearch_finds_the_exact_threshold(true_max):
+    run = peers.lightning_binsearch(linear_oracle(true_max))
+    assert run.answer == true_max
+    assert run.num_oom >= 1 or true_max == 1
+
+
+@pytest.mark.parametrize("true_max", [2, 3, 100, 257, 1000, 4096])
+def test_lightning_power_finds_the_largest_power_of_two(true_max):
+    run = peers.lightning_power(linear_oracle(true_max))
+    assert run.answer == 2 ** int(math.log2(true_max))
+    assert run.num_oom == 1
+    assert run.trial_sizes[0] == 2
+
+
+def test_lightning_stops_at_the_number_of_samples():
+    run = peers.lightning_binsearch(linear_oracle(10_000), num_samples=512)
+    assert run.answer == 512
+    assert run.num_oom == 0
+
+
+@pytest.mark.parametrize("true_max", [1, 100, 511, 1024, 5000])
+def test_huggingface_halving_answers_the_first_size_that_runs(true_max):
+    run = peers.huggingface(linear_oracle(true_max), start=1024)
+    expected = 1024
+    while expected > true_max:
+        expected //= 2
+    assert run.answer == expected
+    assert run.trial_sizes[0] == 1024
+
+
+def test_huggingface_decay_shrinks_by_ten_percent():
+    run = peers.huggingface(linear_oracle(700), start=1024, factor=0.9)
+    assert run.trial_sizes[:3] == [1024, 921, 828]
+    assert run.answer <= 700 and run.answer > 0.9 * 700 * 0.9
+
+
+def test_huggingface_reports_zero_when_nothing_runs():
+    run = peers.huggingface(linear_oracle(0), start=8)
+    assert run.answer == 0
+    assert run.trial_sizes == [8, 4, 2, 1]
+
+
+def test_ultralytics_solves_a_proportional_curve_exactly():
+    # Peak proportional to the batch (no fixed part): the log-log line is exact, and the
+    # answer is where the peak reaches 60% of the free memory.
+    gib = 2**30
+    run = peers.ultralytics(
+        linear_oracle(8 * gib, per_sample=gib // 100), total_bytes=8 * gib, used_bytes=0
+    )
+    assert run.trial_sizes == [1, 2, 4, 8, 16]
+    assert run.answer == round(0.6 * 8 * 100)
+
+
+def test_ultralytics_falls_back_to_16_outside_its_safe_range():
+    gib = 2**30
+    run = peers.ultralytics(
+        linear_oracle(8 * gib, per_sample=1000), total_bytes=8 * gib, used_bytes=0
+    )
+    assert run.answer == 16
+    assert "default 16" in run.note
+
+
+@pytest.mark.parametrize("kind", probe_trials.CURVES)
+def test_simulated_case_knows_its_true_max(kind):
+    case = probe_trials.make_case(kind, seed=3)
+    assert case.oracle(case.true_max) is not None
+    assert case.oracle(case.true_max + 1) is None
+
+
+def test_autobatch_never_crosses_a_linear_limit_on_host_ram():
+    for seed in range(40):
+        case = probe_trials.make_case("linear", seed)
+        run = probe_trials.run_autobatch(case, catchable=False)
+        assert run.num_oom == 0, (seed, run.trial_sizes)
+        assert 0.85 * case.true_max <= run.answer <= case.true_max
+
+
+def test_autobatch_needs_under_half_the_trials_of_binsearch_on_linear_curves():
+    ours = binsearch = 0
+    for seed in range(40):
+        case = probe_trials.make_case("linear", seed)
+        ours += probe_trials.run_autobatch(case, catchable=False).num_trials
+        binsearch += peers.lightning_binsearch(case.oracle).num_trials
+    assert ours <= binsearch / 2
+
+
+def test_summary_has_a_row_per_curve_and_strategy():
+    rows = probe_trials.summarize(probe_trials.evaluate(num_cases=3))
+    assert len(rows) == len(probe_trials.CURVES) * len(probe_trials.STRATEGIES)
+    assert "| curve | strategy |" in probe_trials.table(rows)
+
+
+@pytest.mark.parametrize("true_max", [1, 7, 300, 1234])
+@pytest.mark.parametrize("start", [1, 64, 5000])
+def test_find_true_max_brackets_the_threshold_exactly(true_max, start):
+    found = find_true_max(lambda b: b <= true_max, start=start, cap=10_000, precision=0.0)
+    assert found["true_max"] == true_max
+    assert found["smallest_failure"] == true_max + 1
+
+
+def test_find_true_max_stops_at_the_cap():
+    found = find_true_max(lambda b: True, start=100, cap=300, precision=0.0)
+    assert found["true_max"] == 300
+    assert found["smallest_failure"] is None
+
+
+def test_find_true_max_within_precision():
+    found = find_true_max(lambda b: b <= 1000, start=900, cap=10_000, precision=0.02)
+    assert found["true_max"] <= 1000 < found["smallest_failure"]
+    assert found["smallest_failure"] - found["true_max"] <= 0.02 * found["true_max"]
+
+
+def test_markdown_table_aligns_numbers_right():
+    text = _common.markdown_table(["name", "value"], [["a", 1.23456], ["b", None]])
+    assert text.splitlines()[1] == "| --- | --- |"
+    assert "| a | 1.23 |" in text and "| b | - |" in text
+    numeric = _common.markdown_table(["n"], [[1], [2.5]])
+    assert numeric.splitlines()[1] == "| ---: |"
