@@ -67,8 +67,8 @@ class MemoryBackend(abc.ABC):
         """
         reading = TrialMemory()
         self._reset_peak()
-        self.before_trial(batch_size)
         try:
+            self.before_trial(batch_size)
             yield reading
         finally:
             reading.peak_bytes = self._read_peak()

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
 from typing import Any, Callable
 
@@ -319,6 +318,3 @@ def public_values(values: dict[str, Any], candidate: Any = None) -> dict[str, An
         public["steps_per_epoch"] = candidate.steps_per_epoch
     return public
 
-
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)

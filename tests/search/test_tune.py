@@ -379,3 +379,24 @@ def test_lr_scaling_needs_a_constant_learning_rate(tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
     with pytest.raises(InvalidArgumentError, match=r"lr_scaling='sqrt' needs a constant"):
         autobatch.tune(model, regression_data(), **small_search(tmp_path, lr_scaling="sqrt"))
+
+
+def test_hyperband_trains_early_rounds_on_a_share_of_the_budget(tmp_path, probed):
+    x, y = regression_data()
+    result = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path, probe=probed, tuner="hyperband", seed=3))
+    # 6 candidates: Hyperband with max_epochs=3, so its first round trains a third of the
+    # budget (128 of 384 samples) and the rounds after it the whole budget.
+    assert result.tuner == "hyperband"
+    assert {t.budget_samples for t in result.trials} == {128, 384}
+    best = min((t for t in result.trials if t.val_loss is not None), key=lambda t: t.val_loss)
+    assert (result.batch_size, result.val_loss) == (best.batch_size, best.val_loss)
+    assert all(not key.startswith("tuner/") for t in result.trials for key in t.hyperparameters)
+
+
+def test_a_space_too_small_for_hyperband_is_searched_exhaustively(tmp_path, probed):
+    x, y = regression_data()
+    result = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path, probe=probed, tuner="hyperband", batch_sizes=[16, 32], steps_per_epoch=[1.0]))
+    assert result.tuner == "grid"
+    assert len(result.trials) == 2
