@@ -31,6 +31,7 @@ import math
 import statistics
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -158,6 +159,9 @@ def run_random_search(
             epochs = math.ceil(budget / (steps * batch_size))
             patience = max(1, math.ceil(patience_in_passes * batches_per_pass / steps))
             stop = keras.callbacks.EarlyStopping("val_loss", patience=patience)
+            # The last epoch of a pass is cut short on arrays (see autobatch.search.space);
+            # Keras warns each time, which is expected here.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
             history = model.fit(
                 task.x_train, task.y_train, batch_size=batch_size, steps_per_epoch=steps,
                 epochs=epochs, validation_data=(task.x_val, task.y_val), verbose=0,
