@@ -51,10 +51,6 @@ class TrainingData:
         """The form to run many short fits on; the same data."""
         return self
 
-    def training_inputs(self, batch_size: int) -> dict[str, Any]:
-        """Inputs for real training at ``batch_size``, endless so no epoch runs out of data."""
-        raise NotImplementedError
-
     #: True when the inputs of `search_inputs` never run out (an infinite dataset, a callable).
     endless: bool = False
 
@@ -174,9 +170,6 @@ class ArrayData(TrainingData):
         # pipeline, and that copy belongs in the measured peak.
         steps = max(1, min(steps, self.num_samples // batch_size))
         return FitInputs({**self._fit_kwargs(), "batch_size": batch_size}, steps)
-
-    def training_inputs(self, batch_size: int) -> dict[str, Any]:
-        return {**self._fit_kwargs(), "batch_size": batch_size}
 
     def for_trials(self) -> TrainingData:
         # On TensorFlow, fit copies NumPy inputs into a tensor at every call, as a real fit
@@ -298,14 +291,6 @@ class DatasetData(TrainingData):
         batches = source.batch(batch_size, drop_remainder=True).take(steps)
         return FitInputs({"x": batches}, steps)
 
-    def training_inputs(self, batch_size: int) -> dict[str, Any]:
-        dataset = self.dataset.repeat()
-        if self.variable_shape:
-            dataset = dataset.padded_batch(batch_size, drop_remainder=True)
-        else:
-            dataset = dataset.batch(batch_size, drop_remainder=True)
-        return {"x": dataset.prefetch(2)}
-
     @property
     def endless(self) -> bool:  # type: ignore[override]
         return self.is_infinite
@@ -339,7 +324,7 @@ class DatasetData(TrainingData):
 class CallableData(TrainingData):
     """A factory ``batch_size -> batched dataset`` for pipelines we cannot re-batch."""
 
-    #: The callable's batches are repeated endlessly (see `training_inputs`).
+    #: The callable's batches are repeated endlessly (see `search_inputs`).
     endless = True
 
     def __init__(
@@ -369,7 +354,7 @@ class CallableData(TrainingData):
 
         return FitInputs({"x": _repeat_forever(largest)}, steps)
 
-    def training_inputs(self, batch_size: int) -> dict[str, Any]:
+    def search_inputs(self, batch_size: int) -> dict[str, Any]:
         batches = self._batches(batch_size)
         if _is_tf_dataset(batches):
             return {"x": batches.repeat()}
@@ -380,9 +365,6 @@ class CallableData(TrainingData):
                 yield from factory(batch_size)
 
         return {"x": endless()}
-
-    def search_inputs(self, batch_size: int) -> dict[str, Any]:
-        return self.training_inputs(batch_size)
 
     def validation_inputs(self, batch_size: int) -> Any:
         batches = self._batches(batch_size)
