@@ -22,6 +22,9 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import re
 import threading
@@ -97,7 +100,14 @@ class HostMemory(MemoryBackend):
         # much (a CNN's probe stopped at 65% of the batch a fresh process could train).
         return self._read_status("RssFile") or 0
 
+    def release(self) -> None:
+        _return_freed_heap()
+
     def _reset_peak(self) -> None:
+        # Each trial starts from what a fresh process would hold: without this, heap memory
+        # freed by earlier trials but kept by malloc inflated later peaks (an MLP at batch 4727:
+        # 629 MiB after eight smaller trials, 577 MiB with the trim, 595 MiB in a new process).
+        _return_freed_heap()
         if self._use_vmhwm and self._reset_vmhwm():
             return
         self._use_vmhwm = False  # clear_refs stopped working: measure by sampling instead
@@ -135,6 +145,25 @@ class HostMemory(MemoryBackend):
             if name == key:
                 return int(kib) * 1024
         return None
+
+
+def _return_freed_heap() -> None:
+    """Collect garbage, then ask glibc to hand freed heap pages back to the kernel."""
+    gc.collect()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _load_malloc_trim():  # type: ignore[no-untyped-def]
+    # glibc only: musl, macOS and Windows have no malloc_trim, and keep no such pages anyway.
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim") if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
 
 
 class _RssSampler:

@@ -59,6 +59,24 @@ def test_each_trial_starts_a_new_peak(vmhwm_memory):
     assert 15 * MiB <= small_peak - before <= 35 * MiB
 
 
+def test_a_trial_starts_without_the_heap_that_earlier_trials_freed():
+    from autobatch.memory import host
+
+    if host._malloc_trim is None:
+        pytest.skip("no glibc malloc_trim here")
+    memory = HostMemory()
+    # 120 MB of heap blocks below malloc's mmap threshold; freeing every other one leaves
+    # holes that malloc keeps (the live blocks pin the heap's top), as TF trials do.
+    blocks = [b"x" * 60000 for _ in range(2000)]
+    del blocks[::2]
+    kept = memory.current_bytes()
+    with memory.trial(1):
+        started = memory.current_bytes()
+
+    assert kept - started > 40 * MiB
+    del blocks
+
+
 def test_sampling_fallback_when_clear_refs_is_unavailable(tmp_path: Path):
     memory = HostMemory(proc_self=tmp_path)  # no clear_refs or status there
 
