@@ -11,6 +11,8 @@ The saved values live in a temporary folder on disk, not in RAM: a copy in RAM (
 with Adam, twice as much optimizer state) would be counted in every host trial's peak and
 leave the answer short by that much. On a 4M-parameter MLP probed under 200 MiB of headroom,
 that copy was a quarter of the room. Restoring reads them back one variable at a time.
+The folder is made by `tempfile` (``TMPDIR``): where /tmp is a RAM disk (tmpfs), point
+``TMPDIR`` at a disk for the saving to spare RAM.
 """
 
 from __future__ import annotations
