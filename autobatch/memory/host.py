@@ -101,13 +101,12 @@ class HostMemory(MemoryBackend):
         return self._read_status("RssFile") or 0
 
     def release(self) -> None:
+        # Also run before each probe trial: heap that earlier trials freed but malloc kept
+        # inflated later peaks (an MLP at batch 4727: 629 MiB after eight smaller trials,
+        # 577 MiB with the trim, 595 MiB in a new process).
         _return_freed_heap()
 
     def _reset_peak(self) -> None:
-        # Each trial starts from what a fresh process would hold: without this, heap memory
-        # freed by earlier trials but kept by malloc inflated later peaks (an MLP at batch 4727:
-        # 629 MiB after eight smaller trials, 577 MiB with the trim, 595 MiB in a new process).
-        _return_freed_heap()
         if self._use_vmhwm and self._reset_vmhwm():
             return
         self._use_vmhwm = False  # clear_refs stopped working: measure by sampling instead

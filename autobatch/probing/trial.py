@@ -67,6 +67,9 @@ def run_trial(
     # A fresh train function per trial: a cached one would retrace for every new batch shape
     # and keep all those graphs alive.
     model.train_function = None
+    # What earlier trials freed is handed back first, so this peak is not measured on top of
+    # it (on host RAM, malloc keeps freed heap until asked: see HostMemory.release).
+    memory.release()
     out_of_memory = False
     started = time.perf_counter()
     try:

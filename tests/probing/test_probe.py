@@ -272,3 +272,25 @@ def test_verbose_zero_prints_nothing(mlp, regression_data, capfd):
     autobatch.probe(mlp, regression_data, memory=memory, verbose=0)
     captured = capfd.readouterr()
     assert "batch" not in captured.out + captured.err
+
+
+def test_every_trial_starts_after_freed_memory_is_handed_back(mlp, regression_data):
+    events = []
+
+    class Recording(autobatch.FakeMemory):
+        def release(self):
+            events.append("release")
+            super().release()
+
+        def before_trial(self, batch_size):
+            events.append(batch_size)
+            super().before_trial(batch_size)
+
+    memory = Recording(limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10)
+    result = autobatch.probe(mlp, regression_data, memory=memory, verbose=0, use_cache=False)
+
+    trials = [e for e in events if e != "release"]
+    assert len(trials) == result.num_trials + 1  # the warm-up step, then the measured trials
+    for index, event in enumerate(events):
+        if event != "release":
+            assert index > 0 and events[index - 1] == "release", events
