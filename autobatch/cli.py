@@ -367,7 +367,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     data = load_npz(args.data)
     options: dict[str, Any] = {
-        "memory_limit": resolve_memory_limit(args.memory_limit),
+        "memory_limit": args.memory_limit,
         "verbose": 0 if args.quiet else 1,
     }
     if args.margin is not None:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from autobatch import report
-from autobatch.devices import resolve_memory_limit
 
 #: Extra memory the demo's probe may use on CPU, above what the process holds at the start.
 HOST_HEADROOM = "384MiB"
@@ -110,7 +109,7 @@ def run(
         + ("" if limit is None else f" (--memory-limit {limit})")
         + "..."
     )
-    options: dict[str, Any] = {"memory_limit": resolve_memory_limit(limit), "verbose": verbose}
+    options: dict[str, Any] = {"memory_limit": limit, "verbose": verbose}
     if not use_cache:
         options["use_cache"] = False
     probe_result = autobatch.probe(model, (x, y), **options)

@@ -221,3 +221,19 @@ def test_a_hit_that_no_longer_fits_the_free_memory_is_a_miss():
 def test_a_key_that_is_not_a_digest_is_refused():
     with pytest.raises(ValueError, match="not a SHA-256 hex digest"):
         cache.load("../../etc/passwd")
+
+
+def test_a_relative_memory_limit_is_found_again_though_memory_moved(regression_data):
+    # "+SIZE" resolves against the memory in use now, which moves between runs; the key must
+    # not move with it, or the demo and the CLI default would never hit the cache.
+    model = build()
+    first = autobatch.probe(model, regression_data, memory_limit="+64MiB", verbose=0)
+    ballast = np.ones(4 * 2**20)  # 32 MiB more in use: the resolved limit moves up with it
+    second = autobatch.probe(model, regression_data, memory_limit="+64MiB", verbose=0)
+    del ballast
+
+    assert not first.from_cache
+    assert second.from_cache
+    assert second.max_batch_size == first.max_batch_size
+    other = autobatch.probe(model, regression_data, memory_limit="+128MiB", verbose=0)
+    assert not other.from_cache

@@ -58,7 +58,9 @@ def probe(
         data: ``(x, y)`` or ``(x, y, sample_weight)`` arrays (dicts/lists for several inputs),
             an unbatched ``tf.data.Dataset``, or a callable ``batch_size -> batched dataset``.
         memory_limit: Bytes or a size such as ``"6GiB"``; overrides the detected limit (the
-            GPU allocator's, or host RAM and the process's cgroup limit on CPU).
+            GPU allocator's, or host RAM and the process's cgroup limit on CPU). ``"+512MiB"``
+            means 512 MiB above what is in use now (on CPU the limit counts the whole
+            process, so this says "room for training" the same way on every machine).
         margin: Fraction of the free memory (limit minus what is in use before the first
             trial) that the answer leaves unused, against fragmentation and run-to-run noise.
         max_batch_size: Never try batches above this (default: the number of samples).
@@ -89,7 +91,11 @@ def probe(
         )
     if max_batch_size is not None and max_batch_size < 1:
         raise InvalidArgumentError(f"max_batch_size={max_batch_size!r}; expected at least 1.")
-    limit_override = None if memory_limit is None else _units.parse_bytes(memory_limit)
+    from autobatch.devices import resolve_memory_limit
+
+    limit_override = None if memory_limit is None else _units.parse_bytes(
+        resolve_memory_limit(memory_limit)
+    )
     if memory is None:
         from autobatch.memory import detect_memory
 
@@ -110,7 +116,9 @@ def probe(
             training_data,
             memory,
             margin=margin,
-            memory_limit=limit_override,
+            # "+SIZE" as given: the bytes it resolves to move with the process's memory,
+            # and a key that moved would never be found again.
+            memory_limit=memory_limit if _is_relative(memory_limit) else limit_override,
             max_batch_size=max_batch_size,
             steps_per_trial=steps_per_trial,
         )
@@ -203,6 +211,10 @@ def probe(
     cache.store(key, result)
     progress.done(result)
     return result
+
+
+def _is_relative(memory_limit: Any) -> bool:
+    return isinstance(memory_limit, str) and memory_limit.strip().startswith("+")
 
 
 def _trial_record(
