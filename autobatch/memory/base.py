@@ -28,7 +28,7 @@ class MemoryBackend(abc.ABC):
     name: str = "base"
     #: What is measured, e.g. "CPU (host RAM)", "GPU:0", "GPU:0-1 (2 devices)".
     device: str = ""
-    #: How peaks are measured, e.g. "process peak RSS (VmHWM)".
+    #: How peaks are measured, e.g. "process peak RSS (VmHWM), file-backed pages excluded".
     peak_source: str = ""
     #: Where the limit came from: "cgroup", "host RAM", "GPU:0 allocator", "memory_limit argument".
     limit_source: str = ""

@@ -29,6 +29,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -39,6 +40,8 @@ from autobatch.memory.cgroup import read_cgroup_memory
 __all__ = ["HostMemory"]
 
 _SAMPLE_INTERVAL_S = 0.002
+_VMHWM_SOURCE = "process peak RSS (VmHWM), file-backed pages excluded"
+_SAMPLED_SOURCE = "sampled RSS (every 2 ms), file-backed pages excluded where known"
 _STATUS_KB = re.compile(r"^(VmHWM|VmRSS|RssFile):\s+(\d+)\s+kB", re.MULTILINE)
 
 
@@ -70,7 +73,7 @@ class HostMemory(MemoryBackend):
         self._sampler: _RssSampler | None = None
         self._use_vmhwm = self._reset_vmhwm() and self._read_status("VmHWM") is not None
         self.peak_source = (
-            "process peak RSS (VmHWM)" if self._use_vmhwm else "sampled RSS (psutil, every 2 ms)"
+            _VMHWM_SOURCE if self._use_vmhwm else _SAMPLED_SOURCE
         )
         self.limit_bytes()  # sets limit_source
 
@@ -110,9 +113,9 @@ class HostMemory(MemoryBackend):
         if self._use_vmhwm and self._reset_vmhwm():
             return
         self._use_vmhwm = False  # clear_refs stopped working: measure by sampling instead
-        self.peak_source = "sampled RSS (psutil, every 2 ms)"
+        self.peak_source = _SAMPLED_SOURCE
         self._stop_sampler()
-        self._sampler = _RssSampler(self._process)
+        self._sampler = _RssSampler(self.current_bytes)
         self._sampler.start()
 
     def _read_peak(self) -> int:
@@ -166,12 +169,15 @@ _malloc_trim = _load_malloc_trim()
 
 
 class _RssSampler:
-    """A daemon thread that records the largest RSS seen until stopped."""
+    """A daemon thread that records the largest reading of ``current_bytes`` until stopped.
 
-    def __init__(self, process: psutil.Process) -> None:
-        self._process = process
+    It samples the backend's own measure, so peaks and current use stay on one baseline
+    (file-backed pages excluded wherever /proc/self/status can be read)."""
+
+    def __init__(self, current_bytes: Callable[[], int]) -> None:
+        self._current_bytes = current_bytes
         self._stop = threading.Event()
-        self._peak = self._rss()
+        self._peak = self._read()
         self._thread = threading.Thread(target=self._run, name="autobatch-rss", daemon=True)
 
     def start(self) -> None:
@@ -180,15 +186,15 @@ class _RssSampler:
     def stop(self) -> int:
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, self._rss())
+        self._peak = max(self._peak, self._read())
         return self._peak
 
     def _run(self) -> None:
         while not self._stop.wait(_SAMPLE_INTERVAL_S):
-            self._peak = max(self._peak, self._rss())
+            self._peak = max(self._peak, self._read())
 
-    def _rss(self) -> int:
+    def _read(self) -> int:
         try:
-            return int(self._process.memory_info().rss)
-        except psutil.Error:
+            return int(self._current_bytes())
+        except (psutil.Error, OSError):
             return 0

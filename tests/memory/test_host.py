@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import time
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from autobatch.memory import HostMemory
 MiB = 2**20
 GiB = 2**30
 
-VMHWM = "process peak RSS (VmHWM)"
-SAMPLED = "sampled RSS (psutil, every 2 ms)"
+VMHWM = "process peak RSS (VmHWM), file-backed pages excluded"
+SAMPLED = "sampled RSS (every 2 ms), file-backed pages excluded where known"
 
 
 def _allocate(num_bytes: int, hold_s: float = 0.0) -> None:
@@ -83,6 +84,25 @@ def test_sampling_fallback_when_clear_refs_is_unavailable(tmp_path: Path):
     before, peak = _peak_of(memory, 200 * MiB, hold_s=0.05)
     assert 150 * MiB <= peak - before <= 260 * MiB
     assert memory.current_bytes() == pytest.approx(psutil.Process().memory_info().rss, abs=20 * MiB)
+
+
+def test_sampled_peaks_exclude_file_pages_like_current_use(tmp_path: Path):
+    # /proc/self/status readable, clear_refs not (a locked-down /proc): the sampler must
+    # measure what current_bytes measures, or every peak reads ~file pages too high.
+    (tmp_path / "status").symlink_to("/proc/self/status")
+    (tmp_path / "clear_refs").mkdir()  # writing to it fails, as on a read-only /proc
+    memory = HostMemory(proc_self=tmp_path)
+    if memory._read_status("RssFile") is None:
+        pytest.skip("no RssFile in /proc/self/status here")
+
+    assert memory.peak_source == SAMPLED
+    # 128 MiB of file-backed pages, resident while the peak is measured.
+    mapped_file = tmp_path / "mapped.bin"
+    mapped_file.write_bytes(b"\1" * (128 * MiB))
+    with open(mapped_file, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as pages:
+        assert sum(pages[i] for i in range(0, len(pages), 4096)) > 0  # touch every page
+        before, peak = _peak_of(memory, 200 * MiB, hold_s=0.05)
+    assert 150 * MiB <= peak - before <= 260 * MiB
 
 
 def test_sampler_thread_stops_when_the_block_raises(tmp_path: Path):
