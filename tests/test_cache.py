@@ -235,5 +235,7 @@ def test_a_relative_memory_limit_is_found_again_though_memory_moved(regression_d
     assert not first.from_cache
     assert second.from_cache
     assert second.max_batch_size == first.max_batch_size
+    spelled_otherwise = autobatch.probe(model, regression_data, memory_limit=" +67108864", verbose=0)
+    assert spelled_otherwise.from_cache
     other = autobatch.probe(model, regression_data, memory_limit="+128MiB", verbose=0)
     assert not other.from_cache

@@ -80,7 +80,8 @@ class MemoryBackend(abc.ABC):
         return is_out_of_memory(error)
 
     def release(self) -> None:
-        """Give cached memory back after an out-of-memory error (collect garbage, empty caches)."""
+        """Give freed and cached memory back (collect garbage, empty caches): before each probe
+        trial, and after an out-of-memory error."""
         import gc
 
         gc.collect()

@@ -5,7 +5,7 @@ the peak during the trial is what must fit. On Linux the kernel keeps that peak
 (``VmHWM`` in /proc/self/status) and resets it to the current RSS when "5" is written to
 /proc/self/clear_refs (Linux 4.0+), which measures the peak exactly and for free. Where
 that is not possible (macOS, Windows, a locked-down /proc), a background thread samples
-RSS with psutil every 2 ms, which can miss a short spike. (The reset also lowers what
+the same measure as ``current_bytes`` every 2 ms, which can miss a short spike. (The reset also lowers what
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` reports for this process afterwards.)
 
 The limit is this process's RSS plus the room left before the OOM killer: the cgroup's
@@ -23,13 +23,13 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import gc
 import os
 import re
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 
@@ -152,20 +152,19 @@ class HostMemory(MemoryBackend):
 def _return_freed_heap() -> None:
     """Collect garbage, then ask glibc to hand freed heap pages back to the kernel."""
     gc.collect()
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    malloc_trim = _malloc_trim()
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
-def _load_malloc_trim():  # type: ignore[no-untyped-def]
-    # glibc only: musl, macOS and Windows have no malloc_trim, and keep no such pages anyway.
-    name = ctypes.util.find_library("c")
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    # glibc only: musl, macOS and Windows have no malloc_trim. Loaded on first use, as
+    # ctypes.util.find_library would start a process (ldconfig) at import time.
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim") if name else None
+        return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
-
-
-_malloc_trim = _load_malloc_trim()
 
 
 class _RssSampler:

@@ -91,6 +91,11 @@ def probe(
         )
     if max_batch_size is not None and max_batch_size < 1:
         raise InvalidArgumentError(f"max_batch_size={max_batch_size!r}; expected at least 1.")
+    if memory is not None and memory_limit is not None:
+        raise InvalidArgumentError(
+            "Both memory= and memory_limit= were given. Pass one: memory_limit overrides the "
+            "detected limit; memory replaces the whole memory backend (which has its own limit)."
+        )
     from autobatch.devices import resolve_memory_limit
 
     limit_override = None if memory_limit is None else _units.parse_bytes(
@@ -100,11 +105,6 @@ def probe(
         from autobatch.memory import detect_memory
 
         memory = detect_memory(limit_override)
-    elif limit_override is not None:
-        raise InvalidArgumentError(
-            "Both memory= and memory_limit= were given. Pass one: memory_limit overrides the "
-            "detected limit; memory replaces the whole memory backend (which has its own limit)."
-        )
 
     from autobatch import cache, report
 
@@ -118,7 +118,7 @@ def probe(
             margin=margin,
             # "+SIZE" as given: the bytes it resolves to move with the process's memory,
             # and a key that moved would never be found again.
-            memory_limit=memory_limit if _is_relative(memory_limit) else limit_override,
+            memory_limit=_relative_key(memory_limit) or limit_override,
             max_batch_size=max_batch_size,
             steps_per_trial=steps_per_trial,
         )
@@ -126,29 +126,31 @@ def probe(
         if cached is not None:
             progress.done(cached)
             return cached
-    limit = memory.limit_bytes()
-    baseline = memory.current_bytes()
-    if baseline >= limit:
-        raise BatchDoesNotFitError(
-            f"The memory limit is {_units.format_bytes(limit)} ({memory.limit_source}) but "
-            f"{_units.format_bytes(baseline)} is already in use on {memory.device}, before any "
-            "training step. Raise memory_limit, or free memory (other processes, cached data)."
-        )
     sample_cap = training_data.num_samples
     if max_batch_size is not None:
         sample_cap = min(sample_cap or max_batch_size, max_batch_size)
-    strategy = ProbeStrategy(
-        limit_bytes=limit,
-        baseline_bytes=baseline,
-        margin=margin,
-        max_batch_size=sample_cap,
-        oom_is_catchable=memory.oom_is_catchable,
-    )
-
-    trial_data = training_data.for_trials()
     history: list[Observation] = []
     outcomes: list[tuple[TrialOutcome, bool]] = []
     with preserved(model), progress:
+        # Measured once preserved() has saved the model's state: where its temporary folder
+        # is a RAM disk (tmpfs), that copy takes memory too, and the room must exclude it.
+        limit = memory.limit_bytes()
+        baseline = memory.current_bytes()
+        if baseline >= limit:
+            raise BatchDoesNotFitError(
+                f"The memory limit is {_units.format_bytes(limit)} ({memory.limit_source}) but "
+                f"{_units.format_bytes(baseline)} is already in use on {memory.device}, before "
+                "any training step. Raise memory_limit, or free memory (other processes, cached "
+                "data)."
+            )
+        strategy = ProbeStrategy(
+            limit_bytes=limit,
+            baseline_bytes=baseline,
+            margin=margin,
+            max_batch_size=sample_cap,
+            oom_is_catchable=memory.oom_is_catchable,
+        )
+        trial_data = training_data.for_trials()
         # The first fit of a process pays one-time costs (runtime start-up, kernels, the input
         # pipeline's buffers) and leaves some of them allocated, which would skew the slope
         # between the first two measured trials. One step at batch 1, not measured, pays them.
@@ -213,8 +215,11 @@ def probe(
     return result
 
 
-def _is_relative(memory_limit: Any) -> bool:
-    return isinstance(memory_limit, str) and memory_limit.strip().startswith("+")
+def _relative_key(memory_limit: Any) -> str | None:
+    """``"+<bytes>"`` for a relative limit (``" +64 MiB"`` and ``"+67108864"`` alike), else None."""
+    if not (isinstance(memory_limit, str) and memory_limit.strip().startswith("+")):
+        return None
+    return "+" + str(_units.parse_bytes(memory_limit.strip()[1:].strip()))
 
 
 def _trial_record(

@@ -7,22 +7,26 @@ metric variables, the optimizer's variables with ``iterations``, and the attribu
 sets. An optimizer that was never built is not touched at all: trials use a fresh copy of it,
 so it comes back unbuilt, as it was.
 
-The saved values live in a temporary folder on disk, not in RAM: a copy in RAM (weights and,
-with Adam, twice as much optimizer state) would be counted in every host trial's peak and
-leave the answer short by that much. On a 4M-parameter MLP probed under 200 MiB of headroom,
-that copy was a quarter of the room. Restoring reads them back one variable at a time.
-The folder is made by `tempfile` (``TMPDIR``): where /tmp is a RAM disk (tmpfs), point
-``TMPDIR`` at a disk for the saving to spare RAM.
+The saved values live in a temporary folder (``TMPDIR``), not in this process's memory: a
+copy in RAM (weights and, with Adam, twice as much optimizer state) would be counted in every
+host trial's peak and leave the answer short by that much. On a 4M-parameter MLP probed under
+200 MiB of headroom, that copy was a quarter of the room. Where the folder cannot be written
+(a full disk, no usable temporary directory), the values stay in RAM, with a warning. Where
+/tmp is a RAM disk (tmpfs) the copy still takes RAM, outside the process: the probe measures
+its limit after saving, so the room it sees already excludes the copy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from autobatch.errors import AutobatchError
 
 # Attributes that fit() and its callbacks set on the model.
 _FIT_ATTRIBUTES = (
@@ -36,21 +40,49 @@ _FIT_ATTRIBUTES = (
 
 
 class _SavedValues:
-    """The values of ``variables`` written to ``folder``, one ``.npy`` file each."""
+    """The values of ``variables``, each written to a file in ``folder`` (raw bytes, dtype and
+    shape: np.save cannot round-trip bfloat16), or kept in RAM where that is impossible."""
 
-    def __init__(self, variables: list[Any], folder: Path, prefix: str) -> None:
+    def __init__(self, variables: list[Any], folder: Path | None, prefix: str) -> None:
         self._variables = variables
-        # Raw bytes plus dtype and shape, not .npy: np.save cannot round-trip bfloat16.
-        self._files: list[tuple[Path, np.dtype, tuple[int, ...]]] = []
+        self._saved: list[Any] = []
         for index, variable in enumerate(variables):
             value = np.asarray(variable.numpy())
-            path = folder / f"{prefix}-{index}.bin"
-            value.tofile(path)
-            self._files.append((path, value.dtype, value.shape))
+            if folder is not None:
+                path = folder / f"{prefix}-{index}.bin"
+                try:
+                    value.tofile(path)
+                except OSError as error:
+                    _warn_in_ram(f"{path} could not be written ({error})")
+                    folder = None
+                else:
+                    self._saved.append((path, value.dtype, value.shape))
+                    continue
+            self._saved.append(np.array(value, copy=True))
 
-    def restore(self) -> None:
-        for variable, (path, dtype, shape) in zip(self._variables, self._files):
-            variable.assign(np.fromfile(path, dtype=dtype).reshape(shape))
+    def restore(self) -> list[BaseException]:
+        """Assign every saved value back; return the errors, each variable tried regardless."""
+        errors: list[BaseException] = []
+        for variable, saved in zip(self._variables, self._saved):
+            try:
+                if isinstance(saved, np.ndarray):
+                    variable.assign(saved)
+                else:
+                    path, dtype, shape = saved
+                    variable.assign(np.fromfile(path, dtype=dtype).reshape(shape))
+            except Exception as error:  # noqa: BLE001 - the others must still be put back
+                errors.append(error)
+        return errors
+
+
+def _warn_in_ram(reason: str) -> None:
+    warnings.warn(
+        f"autobatch keeps the model's saved weights in RAM: {reason}. Host memory peaks now "
+        "include that copy, so the probe's answer is lower by about its size. Point TMPDIR at "
+        "a writable disk to avoid it.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def fresh_optimizer(optimizer: Any) -> Any:
@@ -68,13 +100,18 @@ def preserved(model: Any) -> Iterator[None]:
         >>> with preserved(model):
         ...     model.fit(x, y, epochs=1)   # weights, optimizer, history all restored after
     """
-    with tempfile.TemporaryDirectory(prefix="autobatch-state-") as folder:
-        with _preserved(model, Path(folder)):
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="autobatch-state-", ignore_cleanup_errors=True)
+    except OSError as error:  # no usable temporary directory
+        _warn_in_ram(f"no temporary folder could be made ({error})")
+        folder = contextlib.nullcontext(None)
+    with folder as path:
+        with _preserved(model, None if path is None else Path(path)):
             yield
 
 
 @contextlib.contextmanager
-def _preserved(model: Any, folder: Path) -> Iterator[None]:
+def _preserved(model: Any, folder: Path | None) -> Iterator[None]:
     saved_model = _SavedValues(list(model.variables), folder, "model")
     saved_metrics = _SavedValues(list(getattr(model, "metrics_variables", [])), folder, "metric")
     # Saved functions are put back too: the ones traced during trials captured the trials'
@@ -90,14 +127,19 @@ def _preserved(model: Any, folder: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        saved_model.restore()
-        saved_metrics.restore()
-        if optimizer_was_built:
-            saved_optimizer.restore()
-        else:
-            model.optimizer = optimizer
+        # What cannot fail first, then every variable, each tried even if another failed.
+        model.optimizer = optimizer
         for name in _FIT_ATTRIBUTES:
             if name in attributes:
                 setattr(model, name, attributes[name])
             else:
                 model.__dict__.pop(name, None)
+        errors = saved_model.restore() + saved_metrics.restore()
+        if optimizer_was_built:
+            errors += saved_optimizer.restore()
+        if errors:
+            raise AutobatchError(
+                f"{len(errors)} of the model's saved variables could not be put back (first: "
+                f"{type(errors[0]).__name__}: {errors[0]}). The model is not as it was before; "
+                "reload its weights (and optimizer state) from your own checkpoint."
+            ) from errors[0]

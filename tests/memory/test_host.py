@@ -63,7 +63,7 @@ def test_each_trial_starts_a_new_peak(vmhwm_memory):
 def test_release_hands_freed_heap_back():
     from autobatch.memory import host
 
-    if host._malloc_trim is None:
+    if host._malloc_trim() is None:
         pytest.skip("no glibc malloc_trim here")
     memory = HostMemory()
     # 120 MB of heap blocks below malloc's mmap threshold; freeing every other one leaves
@@ -101,6 +101,8 @@ def test_sampled_peaks_exclude_file_pages_like_current_use(tmp_path: Path):
     mapped_file.write_bytes(b"\1" * (128 * MiB))
     with open(mapped_file, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as pages:
         assert sum(pages[i] for i in range(0, len(pages), 4096)) > 0  # touch every page
+        if (memory._read_status("RssFile") or 0) < 100 * MiB:
+            pytest.skip("the mapped file is not counted as file-backed here (tmpfs?)")
         before, peak = _peak_of(memory, 200 * MiB, hold_s=0.05)
     assert 150 * MiB <= peak - before <= 260 * MiB
 

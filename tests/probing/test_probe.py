@@ -294,3 +294,32 @@ def test_every_trial_starts_after_freed_memory_is_handed_back(mlp, regression_da
     for index, event in enumerate(events):
         if event != "release":
             assert index > 0 and events[index - 1] == "release", events
+
+
+def test_the_limit_is_read_after_the_model_state_is_saved(mlp, regression_data, monkeypatch):
+    # Where the saved state sits on a RAM disk (tmpfs) it takes memory: the room must be
+    # measured with that copy in place, or trials could aim past the real limit.
+    import contextlib
+    import importlib
+
+    probe_module = importlib.import_module("autobatch.probing.probe")
+
+    events = []
+    real_preserved = probe_module.preserved
+
+    @contextlib.contextmanager
+    def recording_preserved(model):
+        with real_preserved(model):
+            events.append("saved")
+            yield
+
+    class Recording(autobatch.FakeMemory):
+        def limit_bytes(self):
+            events.append("limit")
+            return super().limit_bytes()
+
+    monkeypatch.setattr(probe_module, "preserved", recording_preserved)
+    memory = Recording(limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10)
+    autobatch.probe(mlp, regression_data, memory=memory, verbose=0, use_cache=False)
+
+    assert events[events.index("saved") + 1] == "limit"

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autobatch.errors import AutobatchError
+from autobatch.probing import state
 from autobatch.probing.state import preserved
 from tests.conftest import make_mlp
 
@@ -19,6 +21,8 @@ def test_values_come_back_after_training_and_the_folder_is_removed(regression_da
     x, y = regression_data
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # builds the optimizer: state to keep
     weights, slots = _values(model.variables), _values(model.optimizer.variables)
+    metrics = _values(model.metrics_variables)
+    optimizer = model.optimizer
     folders = []
     real = tempfile.TemporaryDirectory
 
@@ -38,6 +42,9 @@ def test_values_come_back_after_training_and_the_folder_is_removed(regression_da
         np.testing.assert_array_equal(after, before)
     for after, before in zip(_values(model.optimizer.variables), slots, strict=True):
         np.testing.assert_array_equal(after, before)
+    for after, before in zip(_values(model.metrics_variables), metrics, strict=True):
+        np.testing.assert_array_equal(after, before)
+    assert model.optimizer is optimizer
 
 
 def test_bfloat16_and_scalar_variables_round_trip():
@@ -63,7 +70,7 @@ def test_bfloat16_and_scalar_variables_round_trip():
     assert int(after[1]) == 7
 
 
-def test_restored_on_error(regression_data):
+def test_restored_on_error():
     model = make_mlp()
     weights = _values(model.variables)
     with pytest.raises(KeyboardInterrupt):
@@ -73,3 +80,49 @@ def test_restored_on_error(regression_data):
             raise KeyboardInterrupt
     for after, before in zip(_values(model.variables), weights, strict=True):
         np.testing.assert_array_equal(after, before)
+
+
+def test_an_unwritable_temporary_folder_keeps_the_values_in_ram_with_a_warning(monkeypatch):
+    model = make_mlp()
+    weights = _values(model.variables)
+
+    class VanishedFolder:  # a temporary folder whose files cannot be written
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return "/nonexistent/autobatch-state"
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", VanishedFolder)
+    with pytest.warns(RuntimeWarning, match="TMPDIR"):
+        with preserved(model):
+            for variable in model.trainable_variables:
+                variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
+    for after, before in zip(_values(model.variables), weights, strict=True):
+        np.testing.assert_array_equal(after, before)
+
+
+def test_a_value_that_cannot_be_read_back_still_lets_the_others_return(monkeypatch):
+    model = make_mlp()
+    weights = _values(model.variables)
+    real_fromfile = np.fromfile
+    calls = []
+
+    def fail_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise FileNotFoundError("removed by a /tmp cleaner")
+        return real_fromfile(*args, **kwargs)
+
+    with pytest.raises(AutobatchError, match="could not be put back"):
+        with preserved(model):
+            for variable in model.variables:
+                variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
+            monkeypatch.setattr(state.np, "fromfile", fail_once)
+    after = _values(model.variables)
+    # The first variable is lost (its file is gone); every other one is back.
+    for a, b in zip(after[1:], weights[1:], strict=True):
+        np.testing.assert_array_equal(a, b)
