@@ -11,10 +11,13 @@ For each zoo model, under one real memory limit:
 2. **Our probe**, in a fresh process inside the cgroup, given nothing but the model and the
    data: it must find the limit by itself and must never be killed. Afterwards the model's
    weights, optimizer variables and ``optimizer.iterations`` must be unchanged.
-3. **The true largest batch**: each candidate trained for a few steps in a fresh process
-   inside the cgroup (killed = does not fit); exponential steps from our answer, then
-   bisection to the stated precision (memory grows with the batch, so fitting is monotone).
-4. **Verification**: training at our answer for more steps, in a fresh process, must succeed.
+3. **The true largest batch**: each candidate trained as real training runs, in a fresh
+   process inside the cgroup (killed = does not fit): two passes of a few full batches and the
+   partial batch that ends each pass on these arrays (that batch and the next pass cost memory
+   full batches alone never show); exponential steps from our answer, then bisection to the
+   stated precision (memory grows with the batch, so fitting is monotone).
+4. **Verification**: training at our answer, in a fresh process, two passes (up to 10 full
+   batches each, plus the partial one), must succeed.
 5. **Peers**, reimplemented in `benchmarks.peers` and run against the same limit in a worker
    process that trains the same model: Lightning "power" and "binsearch", Hugging Face
    Accelerate's halving (and its 1.x 0.9 factor), Ultralytics' fit at 60% of free memory.

@@ -56,11 +56,24 @@ def test_the_three_forms_are_recognised():
     assert isinstance(as_training_data(lambda b: tf.data.Dataset.from_tensor_slices((x, x)).batch(b)), CallableData)
 
 
-def test_probe_inputs_never_ask_for_more_steps_than_the_arrays_hold():
+@pytest.mark.parametrize(
+    "batch_size, steps, samples, total_steps",
+    [
+        (40, 3, 100, 6),  # 2 full batches and the 20 left over, twice: the whole arrays
+        (100, 3, 100, 2),  # one batch is all the data: nothing left over
+        (10, 3, 30, 6),  # 3 full batches of a pass; 100 % 10 leaves nothing over
+        (30, 2, 70, 6),  # 2 full batches, then the 10 that real training ends a pass with
+    ],
+)
+def test_probe_inputs_are_two_passes_ending_with_the_real_partial_batch(
+    batch_size, steps, samples, total_steps
+):
     data = ArrayData(np.zeros((100, 3)), np.zeros(100))
-    assert data.probe_inputs(batch_size=40, steps=3).steps == 2
-    assert data.probe_inputs(batch_size=100, steps=3).steps == 1
-    assert data.probe_inputs(batch_size=10, steps=3).steps == 3
+    inputs = data.probe_inputs(batch_size=batch_size, steps=steps)
+    assert inputs.kwargs["batch_size"] == batch_size
+    assert len(inputs.kwargs["x"]) == len(inputs.kwargs["y"]) == samples
+    assert inputs.epochs == 2 and inputs.steps is None
+    assert inputs.total_steps == total_steps
 
 
 def test_a_callable_that_returns_nothing_useful_is_explained():

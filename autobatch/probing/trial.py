@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,8 @@ def _step_timer() -> Any:
 
     class StepTimer(keras.callbacks.Callback):
         """Waits for each step's loss, so a late out-of-memory surfaces inside the trial,
-        and times the steps after the first (which includes tracing or compiling)."""
+        and times a typical step: the median after the first (which traces or compiles),
+        so a partial batch and its retrace do not skew it."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -48,7 +50,8 @@ def _step_timer() -> Any:
         def seconds_per_step(self) -> float | None:
             if len(self.step_ends) < 2:
                 return None
-            return (self.step_ends[-1] - self.step_ends[0]) / (len(self.step_ends) - 1)
+            durations = [b - a for a, b in zip(self.step_ends, self.step_ends[1:])]
+            return statistics.median(durations)
 
     return StepTimer()
 
@@ -76,7 +79,7 @@ def run_trial(
         with memory.trial(batch_size) as reading:
             model.fit(
                 **inputs.kwargs,
-                epochs=1,
+                epochs=inputs.epochs,
                 steps_per_epoch=inputs.steps,
                 verbose=0,
                 callbacks=[timer],
@@ -97,9 +100,9 @@ def run_trial(
         return TrialOutcome(batch_size, None, 0, None, seconds, True)
 
     steps_run = int(model.optimizer.iterations.numpy()) - iterations_before
-    if steps_run < inputs.steps:
+    if steps_run < inputs.total_steps:
         raise NoTrainingError(
-            f"The trial at batch size {batch_size} ran {steps_run} of {inputs.steps} optimizer "
+            f"The trial at batch size {batch_size} ran {steps_run} of {inputs.total_steps} optimizer "
             "steps, so it measured nothing. The data ran out (a dataset smaller than one batch, "
             "or a callable that yields fewer batches than asked), or the model has no trainable "
             "weights. Check that model.fit(...) trains on this data."

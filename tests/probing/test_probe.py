@@ -323,3 +323,31 @@ def test_the_limit_is_read_after_the_model_state_is_saved(mlp, regression_data, 
     autobatch.probe(mlp, regression_data, memory=memory, verbose=0, use_cache=False)
 
     assert events[events.index("saved") + 1] == "limit"
+
+
+def test_a_trial_runs_the_partial_batch_that_ends_each_pass_of_real_training():
+    # Run eagerly, a layer sees every batch's real size. With 100 samples at batch 30, real
+    # training ends every pass with a batch of 10 (which costs memory of its own), so the
+    # trial must too.
+    import keras
+
+    from autobatch.data import ArrayData
+    from autobatch.memory.fake import FakeMemory
+    from autobatch.probing.trial import run_trial
+
+    shapes = set()
+
+    class Recorder(keras.layers.Layer):
+        def call(self, inputs):
+            shapes.add(inputs.shape[0])
+            return inputs
+
+    model = keras.Sequential([keras.Input((4,)), Recorder(), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    data = ArrayData(np.zeros((100, 4), "float32"), np.zeros((100, 1), "float32"))
+    memory = FakeMemory(limit_bytes=10**9, fixed_bytes=0, bytes_per_sample=1)
+
+    outcome = run_trial(model, data, 30, memory, steps=2)
+
+    assert outcome.steps == 6  # two passes of 2 full batches and the partial one
+    assert {30, 10} <= shapes
