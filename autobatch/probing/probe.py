@@ -64,7 +64,9 @@ def probe(
         margin: Fraction of the free memory (limit minus what is in use before the first
             trial) that the answer leaves unused, against fragmentation and run-to-run noise.
         max_batch_size: Never try batches above this (default: the number of samples).
-        steps_per_trial: Training steps per trial; the first also traces or compiles.
+        steps_per_trial: Full-batch training steps per pass over the data. On arrays a trial
+            runs two passes, each ending with the partial batch that ends every pass of real
+            training (it and the next pass can cost more memory than full batches alone).
         memory: A memory backend to use instead of the detected one (e.g. ``FakeMemory``).
         use_cache: Reuse a stored result for the same model, data shapes, settings and
             machine (``result.from_cache`` says so), and store new results.
