@@ -136,6 +136,8 @@ def probe(
     with preserved(model), progress:
         # Measured once preserved() has saved the model's state: where its temporary folder
         # is a RAM disk (tmpfs), that copy takes memory too, and the room must exclude it.
+        # After a release, as before every trial, so that peaks and baseline compare.
+        memory.release()
         limit = memory.limit_bytes()
         baseline = memory.current_bytes()
         if baseline >= limit:

@@ -179,6 +179,10 @@ class ProbeStrategy:
         assert model is not None  # a batch fitted, so a peak was measured
         num_measured = len({o.batch_size for o in history if o.peak_bytes is not None})
         edge = model.largest_batch_under(self.usable_bytes)
+        if math.isinf(edge):
+            # No measured growth at all (peaks at or below the baseline, as on tiny models):
+            # nothing bounds the step but the largest growth allowed.
+            edge = largest_fit * self.max_growth
         close_enough = self.tolerance * largest_fit
         if cap - largest_fit < max(1, close_enough):
             return None, "bracketed the limit within the tolerance"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import statistics
 import time
@@ -56,6 +58,19 @@ def _step_timer() -> Any:
     return StepTimer()
 
 
+@contextlib.contextmanager
+def quiet_retracing() -> Any:
+    """Hide TensorFlow's "triggered tf.function retracing" warning: probe trials and search
+    candidates change the batch shape (or the model) on purpose, and each shape traces anew."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def run_trial(
     model: Any, data: TrainingData, batch_size: int, memory: MemoryBackend, *, steps: int
 ) -> TrialOutcome:
@@ -76,7 +91,7 @@ def run_trial(
     out_of_memory = False
     started = time.perf_counter()
     try:
-        with memory.trial(batch_size) as reading:
+        with memory.trial(batch_size) as reading, quiet_retracing():
             model.fit(
                 **inputs.kwargs,
                 epochs=inputs.epochs,

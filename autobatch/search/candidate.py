@@ -9,8 +9,6 @@ any other error is a real problem and propagates.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import time
 import warnings
@@ -19,6 +17,7 @@ from typing import Any
 
 from autobatch.data import TrainingData
 from autobatch.memory.base import MemoryBackend
+from autobatch.probing.trial import quiet_retracing
 from autobatch.search.space import Candidate
 
 
@@ -91,19 +90,6 @@ def _watcher(max_seconds: float | None) -> Any:
     return CandidateWatcher()
 
 
-@contextlib.contextmanager
-def _quiet_retracing() -> Any:
-    """Hide TensorFlow's "triggered tf.function retracing" warning during a candidate: a new
-    batch size (or a HyperModel's new model) traces the train function again, on purpose."""
-    logger = logging.getLogger("tensorflow")
-    level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def train_candidate(
     *,
     fit: Any,
@@ -135,7 +121,7 @@ def train_candidate(
     started = time.perf_counter()
     try:
         with memory.trial(candidate.batch_size) as reading, warnings.catch_warnings(), \
-                _quiet_retracing():
+                quiet_retracing():
             # Expected here: epochs cut short at the end of a pass (see search/space.py), and
             # Keras' note that shuffle does not apply to a dataset.
             warnings.filterwarnings("ignore", message="Your input ran out of data")

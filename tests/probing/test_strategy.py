@@ -164,3 +164,14 @@ def test_after_running_out_it_stays_below_the_failure():
     assert strategy.answer(history) == 100
     assert len(history) <= 12
     assert not math.isinf(strategy.answer(history))
+
+
+@pytest.mark.parametrize("catchable", [True, False])
+def test_peaks_at_or_below_the_baseline_grow_by_the_largest_step_not_to_infinity(catchable):
+    # A tiny model: every measured peak is at (or, after the heap was trimmed, below) the
+    # baseline. The line predicts no cost at all; the next batch must still be a number.
+    flat = lambda b: 900  # noqa: E731 - below the baseline of 1000
+    strategy, history = simulate(10_000, flat, baseline=1000, num_samples=455, catchable=catchable)
+    assert strategy.answer(history) == 455
+    sizes = [o.batch_size for o in history]
+    assert all(b2 <= b1 * strategy.max_growth for b1, b2 in zip(sizes, sizes[1:]))
