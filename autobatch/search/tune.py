@@ -31,7 +31,7 @@ DEFAULT_MIN_BUDGET_SAMPLES = 100_000
 #: ... and at least this many samples: small data needs many passes to converge.
 #: Early stopping: passes over the training data without a better val_loss.
 DEFAULT_PATIENCE_PASSES = 2.0
-DEFAULT_TUNER = "hyperband"
+DEFAULT_TUNER = "halving"
 #: Random and Bayesian search try this share of the space unless max_trials says otherwise.
 DEFAULT_TRIAL_SHARE = 1 / 3
 
@@ -143,8 +143,10 @@ def tune(
     from autobatch.search.hypermodel import LR_SCALINGS, BatchHyperModel
     from autobatch.search.space import build_space
     from autobatch.search.tuner import (
+        HYPERBAND_FACTOR,
         TUNERS,
         BatchTuner,
+        halving_round_sizes,
         hyperband_epochs_for,
         hyperband_random_trials,
         make_oracle,
@@ -196,13 +198,22 @@ def tune(
             steps_per_epoch=steps_per_epoch,
         )
         tuner_used = tuner
-        if tuner == "hyperband" and space.size < hyperband_random_trials(3):
+        if tuner == "halving" and user_hypermodel is not None:
+            # Halving trains every candidate first: a HyperModel's own space may be endless.
+            tuner_used = "hyperband"
+        if tuner_used == "hyperband" and space.size < hyperband_random_trials(3):
             tuner_used = "grid"  # too few candidates for even the smallest Hyperband
         if max_trials is None and tuner_used in ("random", "bayesian"):
             max_trials = max(3, math.ceil(space.size * DEFAULT_TRIAL_SHARE))
+        candidates = None
+        shares = 1
+        if tuner_used == "halving":
+            candidates = _distinct_candidates(space)
+            shares = HYPERBAND_FACTOR ** (len(halving_round_sizes(len(candidates))) - 1)
+        elif tuner_used == "hyperband":
+            shares = hyperband_epochs_for(space.size)
         budget = _budget(
-            budget_samples, budget_seconds, patience, train.num_samples,
-            hyperband_epochs=hyperband_epochs_for(space.size) if tuner_used == "hyperband" else 1,
+            budget_samples, budget_seconds, patience, train.num_samples, hyperband_epochs=shares
         )
         settings = {
             "tuner": tuner_used, "space": space.describe(), "budget": budget.describe(),
@@ -216,9 +227,9 @@ def tune(
         progress = report.tune_progress(verbose)
         oracle = make_oracle(
             tuner_used, max_trials=max_trials, seed=None if seed is None else seed + 1,
-            hyperband_epochs=budget.hyperband_epochs,
+            hyperband_epochs=budget.hyperband_epochs, candidates=candidates,
         )
-        if max_trials is not None and tuner_used == "hyperband":
+        if max_trials is not None and tuner_used in ("halving", "hyperband"):
             oracle.max_trials = max_trials
         hypermodel = BatchHyperModel(
             space, model=None if user_hypermodel else model, hypermodel=user_hypermodel,
@@ -251,6 +262,25 @@ def tune(
     )
     progress.done(result)
     return result
+
+
+def _distinct_candidates(space: Any) -> list[dict[str, Any]]:
+    """Every point of the space once, smallest batch first, without the values that make the
+    same ``model.fit`` call (a quarter and a half pass are both one step when one batch holds
+    half the data): successive halving would otherwise spend its later rounds on copies."""
+    from autobatch.search.space import BATCH_SIZE, EPOCH_FRACTION, STEPS_PER_EPOCH
+
+    name, choices = (
+        (EPOCH_FRACTION, space.epoch_fractions)
+        if space.epoch_fractions
+        else (STEPS_PER_EPOCH, space.steps_per_epoch)
+    )
+    seen: dict[tuple[int, int], dict[str, Any]] = {}
+    for batch_size in space.batch_sizes:
+        for choice in choices:
+            values = {BATCH_SIZE: batch_size, name: choice}
+            seen.setdefault((batch_size, space.steps_per_epoch_for(batch_size, values)), values)
+    return list(seen.values())
 
 
 def _budget(
