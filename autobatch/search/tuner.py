@@ -148,8 +148,9 @@ class SuccessiveHalvingOracle(keras_tuner.Oracle):
             return self._running(self.candidates[len(rounds[0])], round_num=0)
         for round_num in range(1, len(self.round_sizes)):
             previous = rounds[round_num - 1]
-            if any(t.status == keras_tuner.engine.trial.TrialStatus.RUNNING for t in previous):
-                return {"status": "IDLE"}
+            ongoing = {t.trial_id for t in self.ongoing_trials.values()}
+            if any(t.trial_id in ongoing for t in previous):
+                return {"status": "IDLE"}  # another worker's trial may still change the order
             completed = [t for t in previous if t.status == "COMPLETED" and t.score is not None]
             best = sorted(completed, key=lambda t: t.score)[: self.round_sizes[round_num]]
             promoted = {t.hyperparameters.values.get("tuner/trial_id") for t in rounds[round_num]}

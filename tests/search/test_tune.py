@@ -400,3 +400,77 @@ def test_a_space_too_small_for_hyperband_is_searched_exhaustively(tmp_path, prob
         tmp_path, probe=probed, tuner="hyperband", batch_sizes=[16, 32], steps_per_epoch=[1.0]))
     assert result.tuner == "grid"
     assert len(result.trials) == 2
+
+
+def test_halving_round_sizes_keep_a_third_down_to_a_few():
+    from autobatch.search.tuner import halving_round_sizes
+
+    assert halving_round_sizes(24) == [24, 8, 3]
+    assert halving_round_sizes(18) == [18, 6, 2]
+    assert halving_round_sizes(6) == [6, 2]
+    assert halving_round_sizes(3) == [3]
+
+
+def test_halving_trains_every_candidate_then_the_best_on_the_whole_budget(tmp_path, probed):
+    x, y = regression_data()
+    result = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path, probe=probed, tuner="halving"))
+    assert result.tuner == "halving"
+    # 6 candidates: all of them on a third of the budget (128 of 384 samples), then the
+    # best 2 of those on all of it.
+    first = [t for t in result.trials if t.budget_samples == 128]
+    second = [t for t in result.trials if t.budget_samples == 384]
+    assert len(result.trials) == 8
+    assert {(t.batch_size, t.steps_per_epoch) for t in first} == {
+        (16, 4), (16, 8), (32, 2), (32, 4), (64, 1), (64, 2),
+    }
+    best_two = sorted(first, key=lambda t: t.val_loss)[:2]
+    assert [(t.batch_size, t.steps_per_epoch) for t in second] == [
+        (t.batch_size, t.steps_per_epoch) for t in best_two
+    ]
+    winner = min(second, key=lambda t: t.val_loss)
+    assert (result.batch_size, result.steps_per_epoch) == (winner.batch_size, winner.steps_per_epoch)
+    assert all(not key.startswith("tuner/") for t in result.trials for key in t.hyperparameters)
+
+
+def test_halving_is_the_default_and_trains_one_candidate_per_distinct_fit(tmp_path, probed):
+    x, y = regression_data()
+    # 128 training samples: at batch 128 a half pass and a whole pass are the same single
+    # step, so that candidate is trained once; 3 candidates make one round, on the budget.
+    options = small_search(tmp_path, probe=probed, batch_sizes=[16, 128])
+    del options["tuner"]
+    result = autobatch.tune(make_model(), (x, y), **options)
+    assert result.tuner == "halving"
+    trained = [(t.batch_size, t.steps_per_epoch, t.budget_samples) for t in result.trials]
+    assert sorted(trained) == [(16, 4, 384), (16, 8, 384), (128, 1, 384)]
+
+
+def test_halving_promotes_past_failed_candidates(tmp_path, probed):
+    x, y = regression_data()
+    result = autobatch.tune(make_model(nan_above=32), (x, y), **small_search(
+        tmp_path, probe=probed, tuner="halving"))
+    failed = {t.batch_size for t in result.trials if t.status == "failed"}
+    assert failed == {64}
+    # The two failed candidates do not take places in the next round.
+    second = [t for t in result.trials if t.budget_samples == 384]
+    assert len(second) == 2 and all(t.batch_size in (16, 32) for t in second)
+
+
+def test_an_interrupted_halving_search_resumes_where_it_stopped(tmp_path, probed):
+    x, y = regression_data()
+    model = make_model()
+    options = dict(tuner="halving", probe=probed)
+    with pytest.raises(KeyboardInterrupt):
+        autobatch.tune(model, (x, y), **small_search(
+            tmp_path, memory=InterruptingMemory(trials=4), **options))
+
+    memory = FakeMemory(2**40)
+    result = autobatch.tune(model, (x, y), **small_search(tmp_path, memory=memory, **options))
+    # The interrupted candidate, the last of the first round, and the 2 of the second.
+    assert len(memory.trial_batch_sizes) == 4
+    assert len(result.trials) == 8
+    uninterrupted = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path / "whole", **options))
+    assert [(t.batch_size, t.steps_per_epoch, t.budget_samples) for t in result.trials] == [
+        (t.batch_size, t.steps_per_epoch, t.budget_samples) for t in uninterrupted.trials
+    ]
