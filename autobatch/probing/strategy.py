@@ -11,11 +11,9 @@ jumps to where it predicts the usable memory ends, then verifies there:
    that did not fit.
 
 When running out of memory cannot be caught (host RAM: the kernel's OOM killer sends SIGKILL),
-each step goes at most a third of the way from the largest measured peak to the usable memory
-(the limit less the margin; and at most ``max_growth`` times the largest batch), so a curve
-that bends upwards is measured before it can kill the process, and a step that costs more
-than three times its prediction still has the margin before the limit. Like keras-tuner's
-Oracle, this class only decides; the trial runs elsewhere.
+each step goes at most a third of the way from the largest measured peak to the limit (and at most
+``max_growth`` times the largest batch), so a curve that bends upwards is measured before it
+can kill the process; the margin absorbs what the line still misses. Like keras-tuner's Oracle, this class only decides; the trial runs elsewhere.
 """
 
 from __future__ import annotations
@@ -224,9 +222,9 @@ class ProbeStrategy:
         freed memory (on a small CNN the slope grew 2.6x between batch 512 and 900; on
         another, one step of 46 samples cost 3x its share), and crossing the limit kills the
         process. So the room left is first reduced by how far the measured peaks near the top
-        scatter around the line, and a step takes at most a third of what is left below the
-        usable memory: a step that costs three times what the line predicts still stays
-        within it, and one that costs more still has the margin before the limit. The step is sized with the steeper of the fitted slope and the slope over the
+        scatter around the line, and a step takes at most a third of the rest: a step that
+        costs three times what the line predicts still survives, and is measured before the
+        next. The step is sized with the steeper of the fitted slope and the slope over the
         whole measured range (a trial that reused memory freed by an earlier one flattens
         the first, much less the second).
         """
@@ -240,10 +238,7 @@ class ProbeStrategy:
         if largest.batch_size > smallest.batch_size:
             whole_range = (largest.peak_bytes - smallest.peak_bytes) / (largest.batch_size - smallest.batch_size)
             slope = max(slope, whole_range)
-        # The room ends at the usable memory, not the limit: the margin then stays between
-        # a step and the OOM killer. Aimed at the limit, an MLP's step (TF/CPU, 645 MiB
-        # cgroup) predicted at 12 MiB cost 23, reached the limit, and in one run was killed.
-        room = self.usable_bytes - largest.peak_bytes - scatter
+        room = self.limit_bytes - largest.peak_bytes - scatter
         if room <= 0:
             return None
         if slope <= 0:

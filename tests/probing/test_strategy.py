@@ -124,12 +124,14 @@ def test_host_memory_is_never_exceeded_even_when_the_curve_bends_upwards():
 
 @pytest.mark.parametrize("knee", range(300, 940, 20))
 def test_host_memory_survives_a_slope_that_triples_between_two_trials(knee):
-    # TF/CPU memory jumps: one MLP step predicted at 12 MiB cost 23. Steps are sized so that
-    # one costing three times its prediction still ends within the usable memory.
+    # TF/CPU memory jumps: one MLP step predicted at 12 MiB cost 23; on a CNN one step cost
+    # 3x its share. A step is sized so that costing three times its prediction still ends
+    # within the limit (simulate raises ProcessKilled past it); the answer keeps the margin.
     peak_of = lambda b: 100 + b if b <= knee else 100 + knee + 3 * (b - knee)  # noqa: E731
     strategy, history = simulate(1000, peak_of, margin=0.05, catchable=False)
-    assert all(o.peak_bytes <= strategy.usable_bytes for o in history)
-    assert strategy.answer(history) >= 0.9 * true_max(strategy.usable_bytes, peak_of)
+    answer = strategy.answer(history)
+    assert peak_of(answer) <= strategy.usable_bytes
+    assert answer >= 0.9 * true_max(strategy.usable_bytes, peak_of)
 
 
 def test_uses_about_half_the_trials_of_doubling_then_bisecting():
