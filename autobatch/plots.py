@@ -140,7 +140,7 @@ def _probe_memory(figure_class: Any, result: ProbeResult) -> Any:
     )
     axes.axhline(
         result.usable_bytes / scale, color="tab:orange", linestyle=":",
-        label=f"usable {format_bytes(result.usable_bytes)} (limit minus {result.margin:.0%} margin)",
+        label=f"usable {format_bytes(result.usable_bytes)} (limit minus {format_bytes(result.margin_bytes)} margin)",
     )
     if result.baseline_bytes:
         axes.axhline(

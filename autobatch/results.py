@@ -92,7 +92,8 @@ class ProbeResult(_JsonMixin):
     baseline_bytes: int
     """Memory in use before the first trial."""
     usable_bytes: int
-    """Peak a trial may reach and still count as fitting: baseline + (limit - baseline) * (1 - margin)."""
+    """Peak a trial may reach and still count as fitting: baseline + (limit - baseline) * (1 - margin),
+    and at least the backend's ``min_margin_bytes`` below the limit (64 MiB on host RAM)."""
     num_samples: int | None
     """Training samples available (the answer is never above it); None when unknown."""
     trials: list[ProbeTrial] = field(default_factory=list)
@@ -156,8 +157,8 @@ class TuneTrial:
     max_epochs: int | None = None
     """Epochs that reach the candidate's sample budget."""
     budget_samples: int | None = None
-    """Training samples this candidate could see (less than the search's for Hyperband's
-    early rounds)."""
+    """Training samples this candidate could see (less than the search's in the early rounds
+    of successive halving or Hyperband)."""
     learning_rate: float | None = None
     """The learning rate it trained with (scaled from the model's when ``lr_scaling`` is set)."""
     peak_bytes: int | None = None

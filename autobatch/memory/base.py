@@ -36,6 +36,9 @@ class MemoryBackend(abc.ABC):
     #: RAM, where the kernel's OOM killer ends the process with SIGKILL: the probe must then
     #: never start a trial whose predicted peak crosses the limit.
     oom_is_catchable: bool = False
+    #: The least memory the probe keeps unused below the limit, whatever ``margin`` says:
+    #: how far one trial's peak can jump beyond what the batch explains (0: never seen).
+    min_margin_bytes: int = 0
 
     @abc.abstractmethod
     def limit_bytes(self) -> int:
@@ -96,4 +99,5 @@ class MemoryBackend(abc.ABC):
             "limit_bytes": self.limit_bytes(),
             "current_bytes": self.current_bytes(),
             "oom_is_catchable": self.oom_is_catchable,
+            "min_margin_bytes": self.min_margin_bytes,
         }

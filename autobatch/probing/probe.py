@@ -63,6 +63,7 @@ def probe(
             process, so this says "room for training" the same way on every machine).
         margin: Fraction of the free memory (limit minus what is in use before the first
             trial) that the answer leaves unused, against fragmentation and run-to-run noise.
+            On host RAM at least 64 MiB is kept (malloc makes peaks jump by tens of MiB).
         max_batch_size: Never try batches above this (default: the number of samples).
         steps_per_trial: Full-batch training steps per pass over the data. On arrays a trial
             runs two passes, each ending with the partial batch that ends every pass of real
@@ -153,6 +154,7 @@ def probe(
             margin=margin,
             max_batch_size=sample_cap,
             oom_is_catchable=memory.oom_is_catchable,
+            min_margin_bytes=memory.min_margin_bytes,
         )
         trial_data = training_data.for_trials()
         # The first fit of a process pays one-time costs (runtime start-up, kernels, the input
@@ -190,8 +192,9 @@ def probe(
         raise BatchDoesNotFitError(
             f"Batch size {smallest.batch_size} does not fit: {needs}, while the usable memory "
             f"is {_units.format_bytes(strategy.usable_bytes)} (limit "
-            f"{_units.format_bytes(limit)} from {memory.limit_source}, margin {margin:.0%} of "
-            f"the {_units.format_bytes(limit - baseline)} free). Raise memory_limit, lower the "
+            f"{_units.format_bytes(limit)} from {memory.limit_source}, margin "
+            f"{_units.format_bytes(limit - strategy.usable_bytes)} of the "
+            f"{_units.format_bytes(limit - baseline)} free). Raise memory_limit, lower the "
             "margin, or shrink the model or its inputs."
         )
     fitted = strategy.memory_model(history)

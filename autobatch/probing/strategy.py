@@ -77,10 +77,14 @@ class ProbeStrategy:
         tolerance: float = 0.01,
         max_growth: float = 16.0,
         max_trials: int = 16,
+        min_margin_bytes: int = 0,
     ) -> None:
         self.limit_bytes = limit_bytes
         self.baseline_bytes = baseline_bytes
-        self.usable_bytes = int(baseline_bytes + (limit_bytes - baseline_bytes) * (1.0 - margin))
+        self.usable_bytes = min(
+            int(baseline_bytes + (limit_bytes - baseline_bytes) * (1.0 - margin)),
+            limit_bytes - min_margin_bytes,
+        )
         self.max_batch_size = max_batch_size if max_batch_size is not None else math.inf
         # Host RAM starts at batch 1: if that is too much, nothing fits, and any larger first
         # trial could be the one the OOM killer ends. A catchable device can afford a bolder

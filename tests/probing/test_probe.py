@@ -65,6 +65,18 @@ def test_margin_is_applied_and_reported(mlp, regression_data):
     assert result.max_batch_size == (4500 - 1000) // 10
 
 
+def test_backend_minimum_margin_wins_over_a_small_fraction(mlp, regression_data):
+    # Host RAM keeps at least 64 MiB: malloc's jumps are larger than 5% of a small cgroup.
+    memory = autobatch.FakeMemory(limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10)
+    memory.min_margin_bytes = 800
+    result = autobatch.probe(mlp, regression_data, memory=memory, margin=0.1, verbose=0)
+    assert result.usable_bytes == 4200 and result.margin_bytes == 800
+    assert result.max_batch_size == (4200 - 1000) // 10
+    from autobatch.memory.host import HostMemory
+
+    assert HostMemory.min_margin_bytes == 64 * 2**20
+
+
 def test_real_host_memory_under_an_explicit_limit(regression_data):
     """Real TF steps and real peak RSS: the answer's own training stays within the limit."""
     rng = np.random.default_rng(0)
