@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fraction of --data held out for validation when --validation-data "
                       "is not given (default 0.2)")
     tune.add_argument("--tuner", default=None, metavar="NAME",
-                      help="search algorithm: hyperband, bayesian, random or grid")
+                      help="search algorithm: halving (the default), hyperband, bayesian, random or grid")
     _memory_limit(tune)
     tune.add_argument("--probe", metavar="PROBE.json", type=Path, default=None,
                       help="a saved probe result (autobatch probe --json) instead of probing again")

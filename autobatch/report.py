@@ -156,8 +156,8 @@ def probe_table(result: ProbeResult) -> Any:
 def tune_table(result: Any) -> Any:
     """A rich table of the search: one row per candidate, best first, failed ones last.
 
-    A candidate is one setting of the hyperparameters; when Hyperband trained it several
-    times with growing budgets, its row shows its best run.
+    A candidate is one setting of the hyperparameters; when successive halving or Hyperband
+    trained it several times with growing budgets, its row shows its best run.
     """
     from rich.table import Table
 

@@ -83,9 +83,10 @@ def tune(
             dataset or a callable; overrides ``validation_split``.
         validation_split: For arrays: the fraction held out for validation, a seeded random
             split (unlike Keras' last fraction). Your arrays are not modified.
-        tuner: "hyperband" (the default: it found the grid's best candidate in every run
-            we measured, at about half the grid's time; see
-            benchmarks/tune_default_choice.py), "bayesian", "random" or "grid" (exhaustive).
+        tuner: "halving" (the default: successive halving over every candidate, a third
+            kept each round; it reached the grid's best val_loss in every run of
+            benchmarks/tune_bench.py), "hyperband" (keras-tuner's), "bayesian", "random"
+            or "grid" (exhaustive). With a HyperModel, "halving" runs Hyperband, and
             Hyperband on a space of fewer than 5 candidates runs the grid instead.
         batch_sizes: Batch sizes to try instead of the default; those above the probed
             maximum are dropped.
@@ -105,7 +106,8 @@ def tune(
         reference_batch_size: The batch size the optimizer's learning rate was chosen for
             (Keras' default batch size, 32, unless you know better).
         max_trials: At most this many trials (default: a third of the space for random and
-            Bayesian search, all of it for grid, Hyperband's own schedule for hyperband).
+            Bayesian search, all of it for grid, the rounds' own schedule for halving and
+            hyperband).
         num_samples: Samples in one pass over ``data`` where it cannot tell: an infinite
             dataset, a callable.
         probe: A `ProbeResult` to use instead of probing.
