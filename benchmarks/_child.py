@@ -206,7 +206,8 @@ def job_probe(spec: dict[str, Any], model: Any, x: Any, y: Any) -> dict[str, Any
     _give_optimizer_state(model)
     before = _snapshot(model)
     started = time.perf_counter()
-    result = autobatch.probe(model, (x, y), memory_limit=spec.get("explicit_limit"), verbose=0)
+    # verbose: the trial lines go to this child's log, which shows where a killed probe was.
+    result = autobatch.probe(model, (x, y), memory_limit=spec.get("explicit_limit"), verbose=1)
     seconds = time.perf_counter() - started
     return {
         "result": result.to_dict(),

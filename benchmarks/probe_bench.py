@@ -265,6 +265,11 @@ def set_up_limit(model: str, headroom_bytes: int, *, kind: str) -> Limit:
     """
     if kind == DEVICE:
         return Limit(DEVICE, 0, 0, None)
+    # One tiny run outside any cage first: the libraries' file pages (TensorFlow's alone are
+    # ~400 MiB) are then charged to the parent cgroup, where they were first read. Read for the
+    # first time inside the cage, they were charged to it, and the baseline swung from 447 to
+    # 1,434 MiB with the page cache's state, which made the limit meaningless.
+    Launcher(model).run("fit", batch_size=8, steps=1)
     cage = None if kind == "explicit" else MemoryCage.create(model, 64 * 2**30)
     if cage is not None:
         probe_run = Launcher(model, Limit(f"cgroup v{cage.version}", cage.limit_bytes, 0, cage))
