@@ -6,14 +6,17 @@ jumps to where it predicts the usable memory ends, then verifies there:
 
 1. One small trial. Its increment over the baseline is an upper bound on the per-sample cost
    (the fixed part is >= 0), so the batch predicted from it is below the real edge.
-2. With two measured peaks, fit the line through the two largest and jump to its edge.
+2. With two measured peaks, fit a line to the largest and jump to its edge (see
+   `ProbeStrategy.memory_model` for which peaks).
 3. Stop when a verified batch is within ``tolerance`` of the predicted edge, or of a batch
    that did not fit.
 
 When running out of memory cannot be caught (host RAM: the kernel's OOM killer sends SIGKILL),
-each step goes at most a third of the way from the largest measured peak to the limit (and at most
-``max_growth`` times the largest batch), so a curve that bends upwards is measured before it
-can kill the process; the margin absorbs what the line still misses. Like keras-tuner's Oracle, this class only decides; the trial runs elsewhere.
+each step goes at most a third of the way from the largest measured peak to the limit, less
+the scatter of the peaks around the line (and at most ``max_growth`` times the largest
+batch), so a curve that bends upwards is measured before it can kill the process; the margin
+absorbs what the line still misses. Like keras-tuner's Oracle, this class only decides; the
+trial runs elsewhere.
 """
 
 from __future__ import annotations
@@ -128,27 +131,37 @@ class ProbeStrategy:
         return max(low.batch_size, min(between, high.batch_size - 1))
 
     def memory_model(self, history: list[Observation]) -> MemoryModel | None:
-        """The line through the two largest measured batches (one point: through the baseline).
+        """The line fitted to the largest measured batches (one point: through the baseline).
+
+        On a device whose out-of-memory can be caught, the line through the two largest
+        batches: allocators there are exact, and the newest slope is the one that matters.
+        On host RAM, a least-squares line over the batches from half the largest up (and
+        the next one below): peaks scatter by tens of MiB from run to run, and a line through
+        two close neighbours turns that into nonsense (on a CNN, 578 and 580 samples peaked
+        at 898 and 878 MiB: a negative slope, and a step after them 1.3 MiB a sample).
 
         Through the baseline, the whole increment is charged to the samples: an upper bound
         on the per-sample cost, so predictions from it err on the safe side.
         """
-        measured: dict[int, int] = {}
-        for o in history:
-            if o.peak_bytes is not None:
-                measured[o.batch_size] = max(o.peak_bytes, measured.get(o.batch_size, 0))
+        measured = _largest_peaks(history)
         if not measured:
             return None
         sizes = sorted(measured)
         if len(sizes) >= 2:
-            small, large = sizes[-2], sizes[-1]
-            slope = (measured[large] - measured[small]) / (large - small)
-            if slope > 0:
-                return MemoryModel(measured[large] - slope * large, slope)
+            fitted = _least_squares({b: measured[b] for b in self._fitted_sizes(sizes)})
+            if fitted.bytes_per_sample > 0:
+                return fitted
         # One point, or a flat/noisy pair: charge the whole increment to the samples.
         largest = sizes[-1]
         slope = max(measured[largest] - self.baseline_bytes, 0) / largest
         return MemoryModel(float(self.baseline_bytes), slope)
+
+    def _fitted_sizes(self, sizes: list[int]) -> list[int]:
+        """The measured batch sizes (ascending) that `memory_model` fits its line to."""
+        if self.oom_is_catchable:
+            return sizes[-2:]
+        below_half = [b for b in sizes if 2 * b < sizes[-1]]
+        return below_half[-1:] + [b for b in sizes if 2 * b >= sizes[-1]]
 
     def propose(self, history: list[Observation]) -> Proposal | None:
         """The next batch size to try, or None when the search is over."""
@@ -232,19 +245,42 @@ class ProbeStrategy:
         whole measured range (a trial that reused memory freed by an earlier one flattens
         the first, much less the second).
         """
-        points = sorted((o for o in history if o.peak_bytes is not None), key=lambda o: o.batch_size)
-        smallest, largest = points[0], points[-1]
-        scatter = max(
-            (abs(o.peak_bytes - model.predict(o.batch_size)) for o in points if 2 * o.batch_size >= largest.batch_size),
-            default=0.0,
-        )
-        slope = model.bytes_per_sample
-        if largest.batch_size > smallest.batch_size:
-            whole_range = (largest.peak_bytes - smallest.peak_bytes) / (largest.batch_size - smallest.batch_size)
-            slope = max(slope, whole_range)
-        room = self.limit_bytes - largest.peak_bytes - scatter
+        measured = _largest_peaks(history)
+        sizes = sorted(measured)
+        smallest, largest = sizes[0], sizes[-1]
+        fitted = {b: measured[b] for b in self._fitted_sizes(sizes)}
+        # Scatter around the fitted line even where its slope is useless (flat or negative
+        # from noise): measured against the fallback line through the baseline instead, the
+        # fixed cost of training would count as scatter and stall the search.
+        line = _least_squares(fitted) if len(fitted) >= 2 else model
+        scatter = max(abs(peak - line.predict(b)) for b, peak in fitted.items())
+        slope = line.bytes_per_sample
+        if largest > smallest:
+            slope = max(slope, (measured[largest] - measured[smallest]) / (largest - smallest))
+        if slope <= 0:
+            slope = model.bytes_per_sample
+        room = self.limit_bytes - measured[largest] - scatter
         if room <= 0:
             return None
         if slope <= 0:
-            return largest.batch_size * self.max_growth
-        return min(largest.batch_size + room / 3 / slope, largest.batch_size * self.max_growth)
+            return largest * self.max_growth
+        return min(largest + room / 3 / slope, largest * self.max_growth)
+
+
+def _largest_peaks(history: list[Observation]) -> dict[int, int]:
+    """Each measured batch size's largest peak (a size tried twice counts at its worst)."""
+    measured: dict[int, int] = {}
+    for o in history:
+        if o.peak_bytes is not None:
+            measured[o.batch_size] = max(o.peak_bytes, measured.get(o.batch_size, 0))
+    return measured
+
+
+def _least_squares(peaks: dict[int, int]) -> MemoryModel:
+    """The least-squares line through ``{batch_size: peak_bytes}`` (two sizes at least)."""
+    count = len(peaks)
+    mean_batch = sum(peaks) / count
+    mean_peak = sum(peaks.values()) / count
+    spread = sum((b - mean_batch) ** 2 for b in peaks)
+    slope = sum((b - mean_batch) * (p - mean_peak) for b, p in peaks.items()) / spread
+    return MemoryModel(mean_peak - slope * mean_batch, slope)
