@@ -9,7 +9,10 @@ Curves (peak bytes over the baseline at batch b, headroom = limit - baseline):
 - ``convex``: plus a quadratic term worth 2% to 10% of the per-sample part at the true max
   (mildly convex: activations or buffers that grow faster than the batch);
 - ``convex+``: the same at 10% to 30% (strongly convex, a stress test);
-- ``noisy``: linear with +-1% deterministic jitter on every measurement (run-to-run noise).
+- ``noisy``: linear with +-1% deterministic jitter on every measurement (run-to-run noise);
+- ``tf-cpu``: shaped like TensorFlow's host memory on the zoo's CNN and LSTM: concave
+  (``b ** 0.8``: the cost of a sample falls as the batch grows) with +-3% jitter, the
+  scatter seen between neighbouring batches (578 and 580 samples: 898 and 878 MiB).
 
 Each case draws a true largest batch log-uniformly between 64 and 16384. autobatch runs as
 on host RAM (running out kills the process, so it must never cross the limit) and as on a GPU
@@ -31,13 +34,18 @@ from typing import Any, Callable
 
 import numpy as np
 
+from autobatch.memory.host import HostMemory
 from autobatch.probing.strategy import Observation, ProbeStrategy
 from benchmarks import _common, peers
 
-CURVES = ("linear", "convex", "convex+", "noisy")
+CURVES = ("linear", "convex", "convex+", "noisy", "tf-cpu")
+#: Exponent of the per-sample term: below 1, concave.
+EXPONENT = {"tf-cpu": 0.8}
+NOISE = {"noisy": 0.01, "tf-cpu": 0.03}
 #: Quadratic term at the true max, as a share of the linear per-sample part.
 CONVEXITY = {"convex": (0.02, 0.10), "convex+": (0.10, 0.30)}
 MARGIN = 0.05  # autobatch.probe's default
+HOST_MIN_MARGIN = HostMemory.min_margin_bytes
 
 
 @dataclass(frozen=True)
@@ -50,13 +58,16 @@ class Case:
     per_sample: float
     quadratic: float
     noise: float
+    exponent: float
     limit: int
     true_max: int
     seed: int
 
     def peak(self, batch_size: int) -> int:
         """Absolute peak bytes of a trial at ``batch_size`` (deterministic)."""
-        value = self.fixed + self.per_sample * batch_size + self.quadratic * batch_size**2
+        value = (
+            self.fixed + self.per_sample * batch_size**self.exponent + self.quadratic * batch_size**2
+        )
         if self.noise:
             # The same batch always measures the same: a hash, not a random stream.
             jitter = zlib.crc32(f"{self.seed}:{batch_size}".encode()) / 2**32 * 2 - 1
@@ -78,10 +89,11 @@ def make_case(kind: str, seed: int) -> Case:
     quadratic_share = rng.uniform(*CONVEXITY[kind]) if kind in CONVEXITY else 0.0
     fixed = fixed_share * headroom
     # per_sample * T + quadratic * T^2 = (1 - fixed_share) * headroom, quadratic * T = share * per_sample
-    per_sample = (1 - fixed_share) * headroom / (target * (1 + quadratic_share))
-    quadratic = quadratic_share * per_sample / target
+    exponent = EXPONENT.get(kind, 1.0)
+    per_sample = (1 - fixed_share) * headroom / (target**exponent * (1 + quadratic_share))
+    quadratic = quadratic_share * per_sample * target ** (exponent - 2)
     case = Case(
-        kind, baseline, fixed, per_sample, quadratic, 0.01 if kind == "noisy" else 0.0,
+        kind, baseline, fixed, per_sample, quadratic, NOISE.get(kind, 0.0), exponent,
         int(baseline + headroom), 0, seed,
     )
     return Case(**{**case.__dict__, "true_max": _true_max(case)})
@@ -101,7 +113,7 @@ def run_autobatch(case: Case, *, catchable: bool) -> peers.PeerRun:
     recorder = peers.Recorder(case.oracle, name)
     strategy = ProbeStrategy(
         limit_bytes=case.limit, baseline_bytes=case.baseline, margin=MARGIN,
-        oom_is_catchable=catchable,
+        oom_is_catchable=catchable, min_margin_bytes=0 if catchable else HOST_MIN_MARGIN,
     )
     history: list[Observation] = []
     while (proposal := strategy.propose(history)) is not None:
