@@ -92,12 +92,13 @@ def test_simulated_case_knows_its_true_max(kind):
     assert case.oracle(case.true_max + 1) is None
 
 
-def test_autobatch_never_crosses_a_linear_limit_on_host_ram():
+@pytest.mark.parametrize("kind", probe_trials.CURVES)
+def test_autobatch_never_crosses_the_limit_on_host_ram(kind):
     for seed in range(40):
-        case = probe_trials.make_case("linear", seed)
+        case = probe_trials.make_case(kind, seed)
         run = probe_trials.run_autobatch(case, catchable=False)
         assert run.num_oom == 0, (seed, run.trial_sizes)
-        assert 0.85 * case.true_max <= run.answer <= case.true_max
+        assert 0.75 * case.true_max <= run.answer <= case.true_max, (seed, run.trial_sizes)
 
 
 def test_autobatch_needs_under_half_the_trials_of_binsearch_on_linear_curves():
