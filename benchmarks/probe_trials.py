@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from autobatch.memory.base import MemoryBackend
 from autobatch.memory.host import HostMemory
 from autobatch.probing.strategy import Observation, ProbeStrategy
 from benchmarks import _common, peers
@@ -44,8 +45,8 @@ EXPONENT = {"tf-cpu": 0.8}
 NOISE = {"noisy": 0.01, "tf-cpu": 0.03}
 #: Quadratic term at the true max, as a share of the linear per-sample part.
 CONVEXITY = {"convex": (0.02, 0.10), "convex+": (0.10, 0.30)}
-MARGIN = 0.05  # autobatch.probe's default
-HOST_MIN_MARGIN = HostMemory.min_margin_bytes
+#: autobatch.probe's default margins: the host backend's, and every other backend's (GPUs).
+HOST_MARGIN, GPU_MARGIN = HostMemory.default_margin, MemoryBackend.default_margin
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ def run_autobatch(case: Case, *, catchable: bool) -> peers.PeerRun:
     name = "autobatch (GPU: OOM catchable)" if catchable else "autobatch (host RAM)"
     recorder = peers.Recorder(case.oracle, name)
     strategy = ProbeStrategy(
-        limit_bytes=case.limit, baseline_bytes=case.baseline, margin=MARGIN,
-        oom_is_catchable=catchable, min_margin_bytes=0 if catchable else HOST_MIN_MARGIN,
+        limit_bytes=case.limit, baseline_bytes=case.baseline,
+        margin=GPU_MARGIN if catchable else HOST_MARGIN, oom_is_catchable=catchable,
+        min_margin_bytes=0 if catchable else HostMemory.min_margin_bytes,
     )
     history: list[Observation] = []
     while (proposal := strategy.propose(history)) is not None:
@@ -239,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "probe_trials",
         "meta": _common.run_metadata("quick" if args.quick else "full"),
-        "settings": {"cases_per_curve": num_cases, "seed": args.seed, "margin": MARGIN},
+        "settings": {
+            "cases_per_curve": num_cases, "seed": args.seed,
+            "host_margin": HOST_MARGIN, "gpu_margin": GPU_MARGIN,
+        },
         "summary": rows,
         # Every case is rebuilt exactly from the seed; the per-case trials only on request.
         "records": records if args.records else None,

@@ -36,6 +36,9 @@ class MemoryBackend(abc.ABC):
     #: RAM, where the kernel's OOM killer ends the process with SIGKILL: the probe must then
     #: never start a trial whose predicted peak crosses the limit.
     oom_is_catchable: bool = False
+    #: The fraction of free memory the probe keeps unused when the caller gives no ``margin``:
+    #: how much peaks of the same training step vary from one run to the next.
+    default_margin: float = 0.05
     #: The least memory the probe keeps unused below the limit, whatever ``margin`` says:
     #: how far one trial's peak can jump beyond what the batch explains (0: never seen).
     min_margin_bytes: int = 0
@@ -99,5 +102,6 @@ class MemoryBackend(abc.ABC):
             "limit_bytes": self.limit_bytes(),
             "current_bytes": self.current_bytes(),
             "oom_is_catchable": self.oom_is_catchable,
+            "default_margin": self.default_margin,
             "min_margin_bytes": self.min_margin_bytes,
         }

@@ -14,7 +14,6 @@ from autobatch.probing.strategy import Observation, ProbeStrategy
 from autobatch.probing.trial import TrialOutcome, run_trial
 from autobatch.results import ProbeResult, ProbeTrial
 
-DEFAULT_MARGIN = 0.05
 
 
 def check_model(model: Any) -> None:
@@ -39,7 +38,7 @@ def probe(
     data: Any,
     *,
     memory_limit: int | str | None = None,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     max_batch_size: int | None = None,
     steps_per_trial: int = 3,
     memory: MemoryBackend | None = None,
@@ -63,7 +62,10 @@ def probe(
             process, so this says "room for training" the same way on every machine).
         margin: Fraction of the free memory (limit minus what is in use before the first
             trial) that the answer leaves unused, against fragmentation and run-to-run noise.
-            On host RAM at least 64 MiB is kept (malloc makes peaks jump by tens of MiB).
+            Default: the memory backend's, 5% on a GPU and 10% on host RAM (where the same
+            step's peak varies by several percent between runs, and running out kills the
+            process). On host RAM at least 64 MiB is kept whatever the fraction (malloc
+            makes peaks jump by tens of MiB).
         max_batch_size: Never try batches above this (default: the number of samples).
         steps_per_trial: Full-batch training steps per pass over the data. On arrays a trial
             runs two passes, each ending with the partial batch that ends every pass of real
@@ -83,7 +85,7 @@ def probe(
     started = time.perf_counter()
     check_model(model)
     training_data = as_training_data(data)
-    if not 0.0 <= margin < 1.0:
+    if margin is not None and not 0.0 <= margin < 1.0:
         raise InvalidArgumentError(
             f"margin={margin!r} is outside [0, 1). Expected the fraction of free memory to keep "
             "unused, e.g. margin=0.05 for 5%."
@@ -108,6 +110,8 @@ def probe(
         from autobatch.memory import detect_memory
 
         memory = detect_memory(limit_override)
+    if margin is None:
+        margin = memory.default_margin
 
     from autobatch import cache, report
 

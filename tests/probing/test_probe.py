@@ -363,3 +363,18 @@ def test_a_trial_runs_the_partial_batch_that_ends_each_pass_of_real_training():
 
     assert outcome.steps == 6  # two passes of 2 full batches and the partial one
     assert {30, 10} <= shapes
+
+
+def test_the_default_margin_is_the_memory_backends(mlp, regression_data):
+    # Host RAM keeps 10% (the same step peaks several percent apart between runs, and
+    # running out kills the process); a GPU allocator, like the fake, 5%.
+    from autobatch.memory.host import HostMemory
+
+    assert HostMemory.default_margin == 0.10
+    fake = autobatch.FakeMemory(limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10)
+    result = autobatch.probe(mlp, regression_data, memory=fake, verbose=0)
+    assert result.margin == fake.default_margin == 0.05
+    free = 5000 - result.baseline_bytes
+    assert result.usable_bytes == result.baseline_bytes + int(free * 0.95)
+    host = autobatch.probe(mlp, regression_data, memory_limit="+256MiB", use_cache=False, verbose=0)
+    assert host.margin == 0.10
