@@ -142,3 +142,22 @@ def test_markdown_table_aligns_numbers_right():
     assert "| a | 1.23 |" in text and "| b | - |" in text
     numeric = _common.markdown_table(["n"], [[1], [2.5]])
     assert numeric.splitlines()[1] == "| ---: |"
+
+
+def test_probe_drift_table_reports_the_repeat_against_its_first_run():
+    from benchmarks import probe_drift
+
+    mib = 2**20
+    entry = {
+        "model": "cnn", "description": "CNN", "repeat": 600,
+        "trials": [
+            {"batch_size": 600, "before_bytes": 300 * mib, "peak_bytes": 800 * mib},
+            {"batch_size": 32, "before_bytes": 320 * mib, "peak_bytes": 400 * mib},
+            {"batch_size": 600, "before_bytes": 350 * mib, "peak_bytes": 850 * mib},
+        ],
+        "held_bytes": 50 * mib, "drift_bytes": 50 * mib,
+    }
+    row = probe_drift.table([entry]).splitlines()[-1]
+    # first peak 800, again 850, drift 50 MiB = 0.1 of the first run's own 500 MiB.
+    assert row.split("|")[1:-1] == [" cnn ", " 600 ", " 800 ", " 850 ", " 50.0 ", " 50.0 ", " 0.1 "], row
+    assert "| 32 | 320 | 400 | 80.0 |" in probe_drift.trials_table(entry)
