@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_and_data(probe)
     _memory_limit(probe)
     probe.add_argument("--margin", type=_margin, default=None, metavar="FRACTION",
-                       help="fraction of the free memory to leave unused (default 0.05)")
+                       help="fraction of the free memory to leave unused (default 0.10 on host RAM, 0.05 on a GPU)")
     probe.add_argument("--max-batch-size", type=_positive_int, default=None, metavar="N",
                        help="never try a batch above this (default: the number of samples)")
     probe.add_argument("--no-cache", action="store_true",

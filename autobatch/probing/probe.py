@@ -15,7 +15,6 @@ from autobatch.probing.trial import TrialOutcome, run_trial
 from autobatch.results import ProbeResult, ProbeTrial
 
 
-
 def check_model(model: Any) -> None:
     """Raise `InvalidModelError` unless ``model`` is a compiled Keras model."""
     import keras
