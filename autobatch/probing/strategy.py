@@ -148,7 +148,7 @@ class ProbeStrategy:
             return None
         sizes = sorted(measured)
         if len(sizes) >= 2:
-            fitted = _least_squares({b: measured[b] for b in self._fitted_sizes(sizes)})
+            fitted = _least_squares(self._fitted_peaks(measured))
             if fitted.bytes_per_sample > 0:
                 return fitted
         # One point, or a flat/noisy pair: charge the whole increment to the samples.
@@ -156,12 +156,15 @@ class ProbeStrategy:
         slope = max(measured[largest] - self.baseline_bytes, 0) / largest
         return MemoryModel(float(self.baseline_bytes), slope)
 
-    def _fitted_sizes(self, sizes: list[int]) -> list[int]:
-        """The measured batch sizes (ascending) that `memory_model` fits its line to."""
+    def _fitted_peaks(self, measured: dict[int, int]) -> dict[int, int]:
+        """The measured peaks that `memory_model` fits its line to (see there which)."""
+        sizes = sorted(measured)
         if self.oom_is_catchable:
-            return sizes[-2:]
-        below_half = [b for b in sizes if 2 * b < sizes[-1]]
-        return below_half[-1:] + [b for b in sizes if 2 * b >= sizes[-1]]
+            chosen = sizes[-2:]
+        else:
+            below_half = [b for b in sizes if 2 * b < sizes[-1]]
+            chosen = below_half[-1:] + [b for b in sizes if 2 * b >= sizes[-1]]
+        return {b: measured[b] for b in chosen}
 
     def propose(self, history: list[Observation]) -> Proposal | None:
         """The next batch size to try, or None when the search is over."""
@@ -248,7 +251,7 @@ class ProbeStrategy:
         measured = _largest_peaks(history)
         sizes = sorted(measured)
         smallest, largest = sizes[0], sizes[-1]
-        fitted = {b: measured[b] for b in self._fitted_sizes(sizes)}
+        fitted = self._fitted_peaks(measured)
         # Scatter around the fitted line even where its slope is useless (flat or negative
         # from noise): measured against the fallback line through the baseline instead, the
         # fixed cost of training would count as scatter and stall the search.
