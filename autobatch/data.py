@@ -60,6 +60,12 @@ class TrainingData:
         """The form to run many short fits on; the same data."""
         return self
 
+    def verification_inputs(self, batch_size: int, max_steps: int) -> FitInputs:
+        """Inputs for verifying a batch size as real training uses it: epochs of up to
+        ``max_steps`` batches and a validation pass at the same batch size (``steps`` is
+        per epoch)."""
+        raise NotImplementedError
+
     #: True when the inputs of `search_inputs` never run out (an infinite dataset, a callable).
     endless: bool = False
 
@@ -196,6 +202,28 @@ class ArrayData(TrainingData):
             total_steps=passes * (full + (remainder > 0)),
         )
 
+    def verification_inputs(self, batch_size: int, max_steps: int) -> FitInputs:
+        # As model.fit(x, y, batch_size=b, validation_split=0.2) runs: the last fifth
+        # validates, each pass ends with its partial batch. The user's own arrays are passed
+        # (not the trials' tensors), so fit copies them exactly as the user's fit will.
+        num_validation = self.num_samples // 5 if self.num_samples >= 5 else 0
+        num_train = self.num_samples - num_validation
+        train = _partial_batch_preserving_size(num_train, batch_size, max_steps)
+        validation = _partial_batch_preserving_size(
+            num_validation, batch_size, max(1, max_steps // 4)
+        )
+        kwargs = {
+            k: _map_leaves(lambda a: a[:train], v) for k, v in self._fit_kwargs().items()
+        }
+        if validation:
+            start = num_train
+            kwargs["validation_data"] = tuple(
+                _map_leaves(lambda a: a[start : start + validation], v)
+                for v in self._fit_kwargs().values()
+            )
+        full, remainder = divmod(train, batch_size)
+        return FitInputs({**kwargs, "batch_size": batch_size}, None, total_steps=full + (remainder > 0))
+
     def for_trials(self) -> TrainingData:
         # On TensorFlow, fit copies NumPy inputs into a tensor at every call, as a real fit
         # does once. Over many trials those copies stacked up in the allocator: a CNN's
@@ -330,6 +358,17 @@ class DatasetData(TrainingData):
     def search_inputs(self, batch_size: int) -> dict[str, Any]:
         return {"x": self._batched(batch_size).prefetch(2)}
 
+    def verification_inputs(self, batch_size: int, max_steps: int) -> FitInputs:
+        # Repeated, with a step count per epoch: a finite dataset would otherwise run out
+        # after the first epoch when steps are capped.
+        steps = max_steps
+        if self.num_samples is not None and not self.is_infinite:
+            steps = min(max_steps, -(-self.num_samples // batch_size))
+        kwargs: dict[str, Any] = {"x": self._batched(batch_size).repeat(), "shuffle": False}
+        if not self.is_infinite:
+            kwargs["validation_data"] = self._batched(batch_size).take(max(1, steps // 4))
+        return FitInputs(kwargs, steps)
+
     def validation_inputs(self, batch_size: int) -> Any:
         if self.is_infinite:
             raise InvalidDataError(
@@ -391,6 +430,17 @@ class CallableData(TrainingData):
 
         return {"x": endless()}
 
+    def verification_inputs(self, batch_size: int, max_steps: int) -> FitInputs:
+        steps = max_steps
+        if self.num_samples:
+            steps = min(max_steps, -(-self.num_samples // batch_size))
+        # Validation on the callable's first batches: its dataset may be endless.
+        validation = list(itertools.islice(iter(self._batches(batch_size)), max(1, steps // 4)))
+        return FitInputs(
+            {**self.search_inputs(batch_size), "validation_data": _replay(validation), "shuffle": False},
+            steps,
+        )
+
     def validation_inputs(self, batch_size: int) -> Any:
         batches = self._batches(batch_size)
         if _is_tf_dataset(batches):
@@ -402,6 +452,35 @@ class CallableData(TrainingData):
                     "never end. Return a finite dataset for validation_data."
                 )
         return batches
+
+
+def _partial_batch_preserving_size(num_samples: int, batch_size: int, max_steps: int) -> int:
+    """The samples of at most ``max_steps`` full batches plus the partial batch that ends a
+    pass over ``num_samples`` (the batch real training ends every epoch with)."""
+    full, remainder = divmod(num_samples, batch_size)
+    return min(full, max_steps) * batch_size + remainder
+
+
+def _replay(batches: list[Any]) -> Any:
+    """A finite list of batches as validation data that ``fit`` can go over every epoch."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return _ReplayedBatches(batches)
+    dataset = tf.data.Dataset.from_tensors(batches[0])
+    for batch in batches[1:]:
+        dataset = dataset.concatenate(tf.data.Dataset.from_tensors(batch))
+    return dataset
+
+
+class _ReplayedBatches:
+    """Re-iterable batches for backends without tf.data."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        self._batches = batches
+
+    def __iter__(self) -> Any:
+        return iter(self._batches)
 
 
 def _repeat_forever(batch: Any) -> Any:

@@ -31,6 +31,9 @@ class _Silent:
     def trial_done(self, trial: Any) -> None:
         pass
 
+    def verification_done(self, verification: Any) -> None:
+        pass
+
     def done(self, result: Any) -> None:
         pass
 
@@ -58,6 +61,13 @@ class _ProbeProgress(_Silent):
         )
         self.status.update(f"probing: {trial.batch_size} done, next trial...")
 
+    def verification_done(self, verification: Any) -> None:
+        verdict = "[green]fits[/]" if verification.fits else f"[red]{verification.error}[/]"
+        self.console.print(
+            f"  verify {verification.batch_size:>6}: {verification.epochs} epochs with validation, "
+            f"{verification.train_steps} steps, peak {format_bytes(verification.peak_bytes)} -> {verdict}"
+        )
+
     def done(self, result: ProbeResult) -> None:
         self.console.print(probe_summary(result))
 
@@ -75,6 +85,22 @@ def probe_summary(result: ProbeResult) -> str:
         f"limit {format_bytes(result.limit_bytes)} ({result.limit_source}), "
         f"{result.num_trials} trials, {result.num_oom} out of memory, "
         f"{result.seconds:.1f} s; stopped because {result.stop_reason}.{_answer_headroom(result)}"
+        f"{_verification_summary(result)}"
+    )
+
+
+def _verification_summary(result: ProbeResult) -> str:
+    if not result.verifications:
+        return ""
+    last = result.verifications[-1]
+    if result.verified:
+        return (
+            f" Verified with {last.epochs} real epochs ({last.train_steps} steps, validation at "
+            f"the same batch): peak {format_bytes(last.peak_bytes)}."
+        )
+    return (
+        f" NOT verified: real epochs at {last.batch_size} went {last.error}; pass a larger "
+        "margin=."
     )
 
 

@@ -63,6 +63,27 @@ class ProbeTrial:
 
 
 @dataclass(frozen=True)
+class ProbeVerification:
+    """Real training at the answer, as ``fit`` will run it: whole epochs, each ending with its
+    partial batch and a validation pass at the same batch size, until the peak stops growing."""
+
+    batch_size: int
+    peak_bytes: int | None
+    """Peak over the whole verification (None when it ran out of memory)."""
+    fits: bool
+    """Ran, and peaked within the usable memory."""
+    epochs: int
+    train_steps: int
+    epoch_peak_bytes: list[int] = field(default_factory=list)
+    """The peak so far at the end of each epoch: how memory grew with training."""
+    stable: bool = False
+    """The last epoch raised the peak by less than the growth tolerance (1% of the free memory,
+    at least 4 MiB)."""
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class ProbeResult(_JsonMixin):
     """What `autobatch.probe` found: the largest batch that fits, and the measured memory curve.
 
@@ -104,10 +125,27 @@ class ProbeResult(_JsonMixin):
     from_cache: bool = False
     versions: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    verified: bool = False
+    """True when real training epochs at ``max_batch_size`` (with a validation pass at that
+    batch) peaked within the usable memory; see ``verifications``."""
+    verifications: list[ProbeVerification] = field(default_factory=list)
+    """Each verification run, in order: the first at the search's answer, then backed-off
+    batches if it crossed the margin."""
+    memory_before_bytes: int | None = None
+    """This process's memory in use before the probe started (after releasing freed memory)."""
+    memory_after_bytes: int | None = None
+    """The same after the probe returned: what it left behind is the difference."""
 
     @property
     def num_trials(self) -> int:
         return len(self.trials)
+
+    @property
+    def left_behind_bytes(self) -> int | None:
+        """Memory the probe left in use in this process (caches, traced functions), or None."""
+        if self.memory_before_bytes is None or self.memory_after_bytes is None:
+            return None
+        return self.memory_after_bytes - self.memory_before_bytes
 
     @property
     def margin_bytes(self) -> int:
@@ -123,6 +161,9 @@ class ProbeResult(_JsonMixin):
     def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
         data = dict(data)
         data["trials"] = [_from_known_fields(ProbeTrial, t) for t in data.get("trials", [])]
+        data["verifications"] = [
+            _from_known_fields(ProbeVerification, v) for v in data.get("verifications", [])
+        ]
         return _from_known_fields(cls, data)
 
     def plot(self, directory: str | Path) -> list[Path]:

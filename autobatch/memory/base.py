@@ -59,11 +59,17 @@ class MemoryBackend(abc.ABC):
     def _read_peak(self) -> int:
         """Peak since the last ``_reset_peak``."""
 
-    def before_trial(self, batch_size: int) -> None:
-        """Hook run before each trial; the fake backend "runs out" here."""
+    def before_trial(self, batch_size: int, steps: int | None = None) -> None:
+        """Hook run before each trial of ``steps`` training steps; the fake backend "runs
+        out" here."""
+
+    def peak_so_far(self) -> int:
+        """The peak since the current trial began, read without ending the measurement: the
+        probe's watchdog checks it after every step, to stop a trial at the margin."""
+        return self._read_peak()
 
     @contextlib.contextmanager
-    def trial(self, batch_size: int) -> Iterator[TrialMemory]:
+    def trial(self, batch_size: int, *, steps: int | None = None) -> Iterator[TrialMemory]:
         """Measure the peak memory of the block; the reading is set when the block exits.
 
         Example:
@@ -74,7 +80,7 @@ class MemoryBackend(abc.ABC):
         reading = TrialMemory()
         self._reset_peak()
         try:
-            self.before_trial(batch_size)
+            self.before_trial(batch_size, steps)
             yield reading
         finally:
             reading.peak_bytes = self._read_peak()

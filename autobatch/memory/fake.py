@@ -1,7 +1,8 @@
 """A deterministic memory backend for tests: it "runs out" above a set number of bytes.
 
 Peak memory follows ``fixed_bytes + bytes_per_sample * batch_size`` exactly (or any
-function you give), so a probe or a search can be tested on CPU, in milliseconds, with a
+function you give), plus ``bytes_per_step`` for every training step a trial runs (a model
+whose peak keeps growing with training, as attention models do on TF/CPU), so a probe or a search can be tested on CPU, in milliseconds, with a
 known answer. Like httpx's MockTransport, it is public API so users can test their own
 pipelines with it.
 
@@ -46,10 +47,12 @@ class FakeMemory(MemoryBackend):
         peak_of: Callable[[int], int] | None = None,
         oom_is_catchable: bool = True,
         baseline_bytes: int = 0,
+        bytes_per_step: int = 0,
     ) -> None:
         self._limit = int(limit_bytes)
         self._peak_of = peak_of or (lambda b: int(fixed_bytes + bytes_per_sample * b))
         self._baseline = int(baseline_bytes)
+        self._bytes_per_step = int(bytes_per_step)
         self.oom_is_catchable = oom_is_catchable
         self._peak = self._baseline
         #: Batch sizes of every trial started, in order (for assertions in tests).
@@ -62,9 +65,9 @@ class FakeMemory(MemoryBackend):
     def current_bytes(self) -> int:
         return self._baseline
 
-    def peak_for(self, batch_size: int) -> int:
-        """The modelled peak of a trial at ``batch_size``."""
-        return self._baseline + self._peak_of(batch_size)
+    def peak_for(self, batch_size: int, steps: int | None = None) -> int:
+        """The modelled peak of a trial of ``steps`` steps at ``batch_size``."""
+        return self._baseline + self._peak_of(batch_size) + self._bytes_per_step * (steps or 0)
 
     def _reset_peak(self) -> None:
         self._peak = self._baseline
@@ -72,9 +75,9 @@ class FakeMemory(MemoryBackend):
     def _read_peak(self) -> int:
         return self._peak
 
-    def before_trial(self, batch_size: int) -> None:
+    def before_trial(self, batch_size: int, steps: int | None = None) -> None:
         self.trial_batch_sizes.append(batch_size)
-        peak = self.peak_for(batch_size)
+        peak = self.peak_for(batch_size, steps)
         if peak > self._limit:
             self.num_oom += 1
             if not self.oom_is_catchable:

@@ -138,6 +138,15 @@ class HostMemory(MemoryBackend):
             return self.current_bytes()
         return self._stop_sampler()
 
+    def peak_so_far(self) -> int:
+        if self._use_vmhwm:
+            peak = self._read_status("VmHWM")
+            if peak is not None:
+                return peak - self._file_backed()
+        if self._sampler is not None:
+            return max(self._sampler.peak, self.current_bytes())
+        return self.current_bytes()
+
     def _stop_sampler(self) -> int:
         sampler, self._sampler = self._sampler, None
         return sampler.stop() if sampler is not None else 0
@@ -192,6 +201,10 @@ class _RssSampler:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def peak(self) -> int:
+        return self._peak
 
     def stop(self) -> int:
         self._stop.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -12,7 +13,15 @@ from autobatch.memory.base import MemoryBackend
 from autobatch.probing.state import preserved
 from autobatch.probing.strategy import Observation, ProbeStrategy
 from autobatch.probing.trial import TrialOutcome, run_trial
-from autobatch.results import ProbeResult, ProbeTrial
+from autobatch.probing.verify import VerificationOutcome, verify
+from autobatch.results import ProbeResult, ProbeTrial, ProbeVerification
+
+#: Verifications of the answer at most: the first, and backed-off batches after it.
+MAX_VERIFICATIONS = 4
+#: An epoch that raises the verification's peak by less than this share of the free memory
+#: (and at least `MIN_GROWTH_BYTES`) ends it: the peak has stopped growing.
+GROWTH_TOLERANCE = 0.01
+MIN_GROWTH_BYTES = 4 * 2**20
 
 
 def check_model(model: Any) -> None:
@@ -48,8 +57,13 @@ def probe(
 
     Runs a few real training steps (forward, backward, optimizer update) at a handful of
     batch sizes, fits ``peak = fixed + bytes_per_sample * batch_size`` to the peaks it
-    measures, jumps near the limit and verifies there. The model's weights, optimizer state
-    and compile settings are exactly as before when it returns, whatever happens.
+    measures and jumps near the limit. Then it verifies the answer as ``fit`` will use it:
+    real epochs at that batch, each ending with its partial batch and a validation pass at
+    the same batch size, until the peak stops growing; if that crosses the margin, it backs
+    off and verifies again (``result.verified``, ``result.verifications``). The answer is
+    safe in this process, right after the probe, as well as in a new one. The model's
+    weights, optimizer state and compile settings are exactly as before when it returns,
+    whatever happens.
 
     Args:
         model: A compiled ``keras.Model``.
@@ -137,6 +151,9 @@ def probe(
         sample_cap = min(sample_cap or max_batch_size, max_batch_size)
     history: list[Observation] = []
     outcomes: list[tuple[TrialOutcome, bool]] = []
+    verifications: list[VerificationOutcome] = []
+    memory.release()
+    memory_before = memory.current_bytes()
     with preserved(model), progress:
         # Measured once preserved() has saved the model's state: where its temporary folder
         # is a RAM disk (tmpfs), that copy takes memory too, and the room must exclude it.
@@ -160,10 +177,13 @@ def probe(
             min_margin_bytes=memory.min_margin_bytes,
         )
         trial_data = training_data.for_trials()
+        # Host RAM: the watchdog ends a trial the moment its peak passes the margin, so a
+        # peak that grows within the trial cannot carry on to the limit.
+        stop_above = None if memory.oom_is_catchable else strategy.usable_bytes
         # The first fit of a process pays one-time costs (runtime start-up, kernels, the input
         # pipeline's buffers) and leaves some of them allocated, which would skew the slope
         # between the first two measured trials. One step at batch 1, not measured, pays them.
-        warmup = run_trial(model, trial_data, 1, memory, steps=1)
+        warmup = run_trial(model, trial_data, 1, memory, steps=1, stop_above_bytes=stop_above)
         if warmup.out_of_memory:
             raise BatchDoesNotFitError(
                 f"Batch size 1 ran out of memory on {memory.device} (limit "
@@ -172,19 +192,32 @@ def probe(
             )
         while (proposal := strategy.propose(history)) is not None:
             outcome = run_trial(
-                model, trial_data, proposal.batch_size, memory, steps=steps_per_trial
+                model,
+                trial_data,
+                proposal.batch_size,
+                memory,
+                steps=steps_per_trial,
+                stop_above_bytes=stop_above,
             )
             observation = Observation(outcome.batch_size, outcome.peak_bytes)
             history.append(observation)
             outcomes.append((outcome, proposal.fitted))
             progress.trial_done(_trial_record(outcome, proposal.fitted, strategy, observation))
+        # The trials' copy of the data goes before verifying: the verification trains on the
+        # caller's own data, which fit copies as the caller's fit will.
+        del trial_data
+        answer = strategy.answer(history)
+        if answer:
+            answer = _verified(
+                model, training_data, answer, memory, strategy, history, verifications, progress
+            )
 
-    del trial_data  # the trials' copy of the data
+    memory.release()
+    memory_after = memory.current_bytes()
     trials = [
         _trial_record(o, fitted, strategy, Observation(o.batch_size, o.peak_bytes))
         for o, fitted in outcomes
     ]
-    answer = strategy.answer(history)
     if answer == 0:
         smallest = min(trials, key=lambda t: t.batch_size)
         needs = (
@@ -216,13 +249,99 @@ def probe(
         num_samples=training_data.num_samples,
         trials=trials,
         seconds=time.perf_counter() - started,
-        num_oom=sum(o.out_of_memory for o, _ in outcomes),
+        num_oom=sum(o.out_of_memory for o, _ in outcomes)
+        + sum(v.out_of_memory for v in verifications),
         stop_reason=strategy.stop_reason,
         versions=library_versions(),
+        verified=bool(verifications) and _fits(verifications[-1], strategy),
+        verifications=[_verification_record(v, strategy) for v in verifications],
+        memory_before_bytes=memory_before,
+        memory_after_bytes=memory_after,
     )
     cache.store(key, result)
     progress.done(result)
     return result
+
+
+def _fits(verification: VerificationOutcome, strategy: ProbeStrategy) -> bool:
+    return (
+        verification.peak_bytes is not None
+        and not verification.stopped_early
+        and verification.peak_bytes <= strategy.usable_bytes
+    )
+
+
+def _verified(
+    model: Any,
+    data: Any,
+    answer: int,
+    memory: MemoryBackend,
+    strategy: ProbeStrategy,
+    history: list[Observation],
+    verifications: list[VerificationOutcome],
+    progress: Any,
+) -> int:
+    """Verify ``answer`` with real epochs; back off until one fits or the tries run out.
+
+    Returns the verified batch size, or the last one tried when none verified (the result's
+    ``verified`` is then False and the caller should pass a larger margin).
+    """
+    free = strategy.limit_bytes - strategy.baseline_bytes
+    tolerance = max(int(GROWTH_TOLERANCE * free), MIN_GROWTH_BYTES)
+    line = strategy.memory_model(history)
+    batch_size = answer
+    for _ in range(MAX_VERIFICATIONS):
+        outcome = verify(
+            model,
+            data,
+            batch_size,
+            memory,
+            stop_above_bytes=None if memory.oom_is_catchable else strategy.usable_bytes,
+            growth_tolerance_bytes=tolerance,
+        )
+        verifications.append(outcome)
+        progress.verification_done(_verification_record(outcome, strategy))
+        if _fits(outcome, strategy):
+            return batch_size
+        smaller = _backed_off(batch_size, outcome, strategy, line)
+        if smaller < 1:
+            return 0
+        batch_size = smaller
+    return batch_size
+
+
+def _backed_off(
+    batch_size: int, outcome: VerificationOutcome, strategy: ProbeStrategy, line: Any
+) -> int:
+    """A batch below ``batch_size`` whose verification should fit: the excess over the usable
+    memory taken off at the measured cost per sample, and half as much again (the peak may be
+    a lower bound when the watchdog stopped it), at least 5% down."""
+    at_most = math.floor(batch_size * 0.95)
+    if outcome.peak_bytes is None or line is None or line.bytes_per_sample <= 0:
+        return min(at_most, math.floor(batch_size * 0.8))
+    excess = outcome.peak_bytes - strategy.usable_bytes
+    return min(at_most, math.floor(batch_size - 1.5 * excess / line.bytes_per_sample))
+
+
+def _verification_record(outcome: VerificationOutcome, strategy: ProbeStrategy) -> ProbeVerification:
+    error = None
+    if outcome.out_of_memory:
+        error = "out of memory"
+    elif outcome.peak_bytes is not None and outcome.peak_bytes > strategy.limit_bytes:
+        error = "over the memory limit"
+    elif outcome.stopped_early or (outcome.peak_bytes or 0) > strategy.usable_bytes:
+        error = "above the safety margin"
+    return ProbeVerification(
+        batch_size=outcome.batch_size,
+        peak_bytes=outcome.peak_bytes,
+        fits=_fits(outcome, strategy),
+        epochs=outcome.epochs,
+        train_steps=outcome.train_steps,
+        epoch_peak_bytes=list(outcome.epoch_peak_bytes),
+        stable=outcome.stable,
+        error=error,
+        seconds=outcome.seconds,
+    )
 
 
 def _relative_key(memory_limit: Any) -> str | None:
@@ -238,6 +357,8 @@ def _trial_record(
     error = None
     if outcome.out_of_memory:
         error = "out of memory"
+    elif outcome.peak_bytes is not None and outcome.peak_bytes > strategy.limit_bytes:
+        error = "over the memory limit"
     elif not strategy.fits(observation):
         error = "above the safety margin"
     return ProbeTrial(

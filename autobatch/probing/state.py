@@ -19,14 +19,23 @@ its limit after saving, so the room it sees already excludes the copy.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import psutil
 
 from autobatch.errors import AutobatchError
+
+# The folder's name carries the owner's process id, so that one left by a killed process
+# (SIGKILL runs no cleanup) can be told from one in use and removed by the next probe.
+_FOLDER_PREFIX = "autobatch-state-"
+_OWNED_FOLDER = re.compile(rf"^{_FOLDER_PREFIX}(\d+)-")
 
 # Attributes that fit() and its callbacks set on the model.
 _FIT_ATTRIBUTES = (
@@ -100,14 +109,39 @@ def preserved(model: Any) -> Iterator[None]:
         >>> with preserved(model):
         ...     model.fit(x, y, epochs=1)   # weights, optimizer, history all restored after
     """
+    remove_stale_folders()
     try:
-        folder = tempfile.TemporaryDirectory(prefix="autobatch-state-", ignore_cleanup_errors=True)
+        folder = tempfile.TemporaryDirectory(
+            prefix=f"{_FOLDER_PREFIX}{os.getpid()}-", ignore_cleanup_errors=True
+        )
     except OSError as error:  # no usable temporary directory
         _warn_in_ram(f"no temporary folder could be made ({error})")
         folder = contextlib.nullcontext(None)
     with folder as path:
         with _preserved(model, None if path is None else Path(path)):
             yield
+
+
+def remove_stale_folders(directory: str | Path | None = None) -> list[Path]:
+    """Remove saved-state folders whose process is gone (killed mid-probe); return them.
+
+    Example:
+        >>> remove_stale_folders()   # in tempfile.gettempdir() by default
+        []
+    """
+    removed = []
+    root = Path(directory if directory is not None else tempfile.gettempdir())
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OWNED_FOLDER.match(entry.name)
+        if match is None or not entry.is_dir() or psutil.pid_exists(int(match.group(1))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager

@@ -13,9 +13,13 @@ jumps to where it predicts the usable memory ends, then verifies there:
 
 When running out of memory cannot be caught (host RAM: the kernel's OOM killer sends SIGKILL),
 each step goes at most a third of the way from the largest measured peak to the limit, less
-the scatter of the peaks around the line (and at most ``max_growth`` times the largest
-batch), so a curve that bends upwards is measured before it can kill the process; the margin
-absorbs what the line still misses. Like keras-tuner's Oracle, this class only decides; the
+the scatter of the peaks around the line, and less again when an earlier step cost more than
+its line predicted (a step that cost 2.8x its prediction makes later steps take a fifth of the
+room, not a third); it never grows the batch more than ``max_growth`` times, and only
+``FLAT_GROWTH`` times while the peaks have not risen visibly (memory an earlier training run
+freed and this one reuses hides the slope, so a flat curve is no evidence of room). A curve
+that bends upwards is thus measured before it can kill the process; the margin absorbs what
+the line still misses. Like keras-tuner's Oracle, this class only decides; the
 trial runs elsewhere.
 """
 
@@ -23,6 +27,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+#: Host RAM: the largest growth of the batch from one trial to the next while the peaks have
+#: risen by less than `FLAT_RISE` of the free memory.
+FLAT_GROWTH = 3.0
+FLAT_RISE = 0.02
+#: Host RAM: a step up counts towards `ProbeStrategy.surprise` when it raised the peak by at
+#: least this share of the free memory.
+SURPRISE_RISE = 0.05
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,7 @@ class ProbeStrategy:
         start_batch_size: int | None = None,
         oom_is_catchable: bool = True,
         tolerance: float = 0.01,
-        max_growth: float = 16.0,
+        max_growth: float | None = None,
         max_trials: int = 16,
         min_margin_bytes: int = 0,
     ) -> None:
@@ -97,10 +109,15 @@ class ProbeStrategy:
         self.start_batch_size = start_batch_size
         self.oom_is_catchable = oom_is_catchable
         self.tolerance = tolerance
-        self.max_growth = max_growth
+        # A catchable device can afford bold jumps (the worst case is one caught OOM); on
+        # host RAM a jump the line did not foresee is a SIGKILL.
+        self.max_growth = max_growth if max_growth is not None else (16.0 if oom_is_catchable else 4.0)
         self.max_trials = max_trials
         #: Why the last call to `propose` returned None, in words.
         self.stop_reason = ""
+        #: Host RAM: the line's edge, when the search stopped within half the margin of it
+        #: (see `answer`).
+        self._predicted_edge = 0
 
     def fits(self, observation: Observation) -> bool:
         """Ran without running out, and peaked within the usable memory."""
@@ -117,6 +134,8 @@ class ProbeStrategy:
         if not fitting:
             return 0
         low = max(fitting, key=lambda o: o.batch_size)
+        if self._predicted_edge > low.batch_size:
+            return self._predicted_edge
         ran_past_margin = [
             o
             for o in history
@@ -172,6 +191,7 @@ class ProbeStrategy:
         return proposal
 
     def _next(self, history: list[Observation]) -> tuple[Proposal | None, str]:
+        self._predicted_edge = 0
         if len(history) >= self.max_trials:
             return None, f"reached the trial limit ({self.max_trials})"
         largest_fit = max((o.batch_size for o in history if self.fits(o)), default=0)
@@ -202,7 +222,7 @@ class ProbeStrategy:
         if math.isinf(edge):
             # No measured growth at all (peaks at or below the baseline, as on tiny models):
             # nothing bounds the step but the largest growth allowed.
-            edge = largest_fit * self.max_growth
+            edge = largest_fit * self._growth_limit(history)
         close_enough = self.tolerance * largest_fit
         if cap - largest_fit < max(1, close_enough):
             return None, "bracketed the limit within the tolerance"
@@ -228,6 +248,14 @@ class ProbeStrategy:
             step = self._host_step(history, model)
             if step is None:
                 return None, "the measured peaks scatter by more than the room left"
+            rest = self.usable_bytes - _largest_peaks(history)[largest_fit]
+            if num_measured >= 3 and edge <= step and rest <= (self.limit_bytes - self.usable_bytes) / 2:
+                # The edge is a safe step (see `_host_step`), and the rest of the way to the
+                # usable memory is at most half the margin. So the answer is the line's edge,
+                # which the probe's verification (real epochs, stopped at the margin) runs,
+                # instead of more trials that each go a third of the remaining way.
+                self._predicted_edge = int(min(math.floor(edge), cap))
+                return None, "within half the margin of the usable memory"
             target = min(edge, step)
         else:
             target = edge
@@ -240,34 +268,77 @@ class ProbeStrategy:
 
         Host memory is not linear in the batch: TensorFlow on CPU switches kernels and keeps
         freed memory (on a small CNN the slope grew 2.6x between batch 512 and 900; on
-        another, one step of 46 samples cost 3x its share), and crossing the limit kills the
-        process. So the room left is first reduced by how far the measured peaks near the top
-        scatter around the line, and a step takes at most a third of the rest: a step that
-        costs three times what the line predicts still survives, and is measured before the
-        next. The step is sized with the steeper of the fitted slope and the slope over the
-        whole measured range (a trial that reused memory freed by an earlier one flattens
-        the first, much less the second).
+        another, one step of 22 samples cost 170 MiB where its line predicted 60), and
+        crossing the limit kills the process. So the room left is first reduced by how far
+        the measured peaks near the top scatter around the line, and a step takes at most a
+        third of the rest, less when an earlier step already cost more than predicted (see
+        `surprise`): a step that costs as many times its prediction as the worst seen so far,
+        and half as many again, still survives, and is measured before the next.
         """
         measured = _largest_peaks(history)
-        sizes = sorted(measured)
-        smallest, largest = sizes[0], sizes[-1]
+        largest = max(measured)
         fitted = self._fitted_peaks(measured)
         # Scatter around the fitted line even where its slope is useless (flat or negative
         # from noise): measured against the fallback line through the baseline instead, the
         # fixed cost of training would count as scatter and stall the search.
         line = _least_squares(fitted) if len(fitted) >= 2 else model
         scatter = max(abs(peak - line.predict(b)) for b, peak in fitted.items())
-        slope = line.bytes_per_sample
-        if largest > smallest:
-            slope = max(slope, (measured[largest] - measured[smallest]) / (largest - smallest))
-        if slope <= 0:
-            slope = model.bytes_per_sample
+        slope = self._step_slope(measured, model)
         room = self.limit_bytes - measured[largest] - scatter
         if room <= 0:
             return None
+        growth = largest * self._growth_limit(history)
         if slope <= 0:
-            return largest * self.max_growth
-        return min(largest + room / 3 / slope, largest * self.max_growth)
+            return growth
+        share = 1.0 / max(3.0, 1.5 * self.surprise(history))
+        return min(largest + room * share / slope, growth)
+
+    def _step_slope(self, measured: dict[int, int], model: MemoryModel) -> float:
+        """Bytes a sample to size host steps with: the steeper of the fitted slope and the
+        slope over the whole measured range (a trial that reused memory freed by an earlier
+        one flattens the first, much less the second)."""
+        sizes = sorted(measured)
+        smallest, largest = sizes[0], sizes[-1]
+        fitted = self._fitted_peaks(measured)
+        slope = _least_squares(fitted).bytes_per_sample if len(fitted) >= 2 else model.bytes_per_sample
+        if largest > smallest:
+            slope = max(slope, (measured[largest] - measured[smallest]) / (largest - smallest))
+        return slope if slope > 0 else model.bytes_per_sample
+
+    def surprise(self, history: list[Observation]) -> float:
+        """The most, over the trials so far, that a step up raised the peak beyond what the
+        trials before it predicted: actual rise / predicted rise, at least 1.
+
+        Only steps that raised the peak by `SURPRISE_RISE` of the free memory count: below
+        that, tens of MiB of TF/CPU scatter would read as a many-fold surprise and stall the
+        search, while such a step could not have killed the process anyway.
+        """
+        free = self.limit_bytes - self.baseline_bytes
+        worst = 1.0
+        for index in range(2, len(history)):
+            observation = history[index]
+            before = _largest_peaks(history[:index])
+            top = max(before, default=0)
+            if observation.peak_bytes is None or len(before) < 2 or observation.batch_size <= top:
+                continue
+            actual = observation.peak_bytes - before[top]
+            if actual < SURPRISE_RISE * free:
+                continue
+            model = self.memory_model(history[:index])
+            assert model is not None  # `before` holds measured peaks
+            predicted = self._step_slope(before, model) * (observation.batch_size - top)
+            worst = max(worst, actual / max(predicted, FLAT_RISE * free))
+        return worst
+
+    def _growth_limit(self, history: list[Observation]) -> float:
+        """How many times the largest batch the next one may be (see the module docstring)."""
+        if self.oom_is_catchable:
+            return self.max_growth
+        measured = _largest_peaks(history)
+        rise = max(measured.values()) - min(measured.values()) if measured else 0
+        if rise < FLAT_RISE * (self.limit_bytes - self.baseline_bytes):
+            return min(self.max_growth, FLAT_GROWTH)
+        return self.max_growth
 
 
 def _largest_peaks(history: list[Observation]) -> dict[int, int]:

@@ -23,6 +23,8 @@ class TrialOutcome:
     seconds_per_step: float | None
     seconds: float
     out_of_memory: bool
+    #: The watchdog ended the trial early: its peak passed ``stop_above_bytes``.
+    stopped_early: bool = False
 
     @property
     def samples_per_second(self) -> float | None:
@@ -58,6 +60,34 @@ def _step_timer() -> Any:
     return StepTimer()
 
 
+class PastMemoryBound(Exception):
+    """Raised by the watchdog inside ``fit`` to end a trial whose peak passed its bound."""
+
+
+def watchdog(memory: MemoryBackend, stop_above_bytes: int | None) -> Any:
+    """A callback that ends training the moment the peak passes ``stop_above_bytes``.
+
+    On host RAM a trial that keeps going past the margin can reach the limit, and there the
+    kernel kills the process. Checked after every training and evaluation step (a read of
+    /proc/self/status, ~30 us), a peak growing with the steps is caught within one step of
+    the margin, which the margin is sized to absorb.
+    """
+    import keras
+
+    class Watchdog(keras.callbacks.Callback):
+        def _check(self) -> None:
+            if stop_above_bytes is not None and memory.peak_so_far() > stop_above_bytes:
+                raise PastMemoryBound
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            self._check()
+
+        def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            self._check()
+
+    return Watchdog()
+
+
 @contextlib.contextmanager
 def quiet_retracing() -> Any:
     """Hide TensorFlow's "triggered tf.function retracing" warning: probe trials and search
@@ -72,12 +102,19 @@ def quiet_retracing() -> Any:
 
 
 def run_trial(
-    model: Any, data: TrainingData, batch_size: int, memory: MemoryBackend, *, steps: int
+    model: Any,
+    data: TrainingData,
+    batch_size: int,
+    memory: MemoryBackend,
+    *,
+    steps: int,
+    stop_above_bytes: int | None = None,
 ) -> TrialOutcome:
     """Train ``model`` for ``steps`` steps at ``batch_size`` and measure the peak memory.
 
     Only out-of-memory errors are caught (and the memory released); anything else is raised
-    as `TrialError`. The caller restores the model's state (see `autobatch.probing.state`).
+    as `TrialError`. With ``stop_above_bytes``, the trial ends as soon as its peak passes it
+    (``stopped_early``). The caller restores the model's state (see `autobatch.probing.state`).
     """
     inputs = data.probe_inputs(batch_size, steps)
     timer = _step_timer()
@@ -88,17 +125,19 @@ def run_trial(
     # What earlier trials freed is handed back first, so this peak is not measured on top of
     # it (on host RAM, malloc keeps freed heap until asked: see HostMemory.release).
     memory.release()
-    out_of_memory = False
+    out_of_memory = stopped_early = False
     started = time.perf_counter()
     try:
-        with memory.trial(batch_size) as reading, quiet_retracing():
+        with memory.trial(batch_size, steps=inputs.total_steps) as reading, quiet_retracing():
             model.fit(
                 **inputs.kwargs,
                 epochs=inputs.epochs,
                 steps_per_epoch=inputs.steps,
                 verbose=0,
-                callbacks=[timer],
+                callbacks=[timer, watchdog(memory, stop_above_bytes)],
             )
+    except PastMemoryBound:
+        stopped_early = True
     except Exception as error:  # noqa: BLE001 - only out-of-memory is swallowed, below
         if not memory.is_out_of_memory(error):
             raise TrialError(
@@ -115,7 +154,7 @@ def run_trial(
         return TrialOutcome(batch_size, None, 0, None, seconds, True)
 
     steps_run = int(model.optimizer.iterations.numpy()) - iterations_before
-    if steps_run < inputs.total_steps:
+    if steps_run < inputs.total_steps and not stopped_early:
         raise NoTrainingError(
             f"The trial at batch size {batch_size} ran {steps_run} of {inputs.total_steps} optimizer "
             "steps, so it measured nothing. The data ran out (a dataset smaller than one batch, "
@@ -123,5 +162,11 @@ def run_trial(
             "weights. Check that model.fit(...) trains on this data."
         )
     return TrialOutcome(
-        batch_size, reading.peak_bytes, steps_run, timer.seconds_per_step(), seconds, False
+        batch_size,
+        reading.peak_bytes,
+        steps_run,
+        timer.seconds_per_step(),
+        seconds,
+        False,
+        stopped_early,
     )

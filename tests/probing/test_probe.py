@@ -99,9 +99,14 @@ def test_real_host_memory_under_an_explicit_limit(regression_data):
     assert result.num_trials <= 12
     assert_unchanged(model, before)
 
-    # Independent check: training at the answer peaks within the limit.
+    assert result.verified and result.verifications[-1].batch_size == result.max_batch_size
+    assert result.verifications[-1].peak_bytes <= result.usable_bytes
+
+    # Independent check: real training at the answer, as the README says, peaks within the limit.
     with memory.trial(result.max_batch_size) as reading:
-        model.fit(x, y, batch_size=result.max_batch_size, steps_per_epoch=2, epochs=1, verbose=0)
+        model.fit(
+            x, y, batch_size=result.max_batch_size, epochs=2, validation_split=0.2, verbose=0
+        )
     assert reading.peak_bytes <= limit
 
 
@@ -146,8 +151,8 @@ class FailingMemory(autobatch.FakeMemory):
         super().__init__(**kwargs)
         self.error, self.on_trial = error, on_trial
 
-    def before_trial(self, batch_size):
-        super().before_trial(batch_size)
+    def before_trial(self, batch_size, steps=None):
+        super().before_trial(batch_size, steps)
         if len(self.trial_batch_sizes) == self.on_trial:
             raise self.error
 
@@ -294,15 +299,16 @@ def test_every_trial_starts_after_freed_memory_is_handed_back(mlp, regression_da
             events.append("release")
             super().release()
 
-        def before_trial(self, batch_size):
+        def before_trial(self, batch_size, steps=None):
             events.append(batch_size)
-            super().before_trial(batch_size)
+            super().before_trial(batch_size, steps)
 
     memory = Recording(limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10)
     result = autobatch.probe(mlp, regression_data, memory=memory, verbose=0, use_cache=False)
 
     trials = [e for e in events if e != "release"]
-    assert len(trials) == result.num_trials + 1  # the warm-up step, then the measured trials
+    # the warm-up step, the measured trials, then the verifications of the answer
+    assert len(trials) == result.num_trials + 1 + len(result.verifications)
     for index, event in enumerate(events):
         if event != "release":
             assert index > 0 and events[index - 1] == "release", events
