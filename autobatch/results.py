@@ -71,7 +71,8 @@ class ProbeVerification:
     peak_bytes: int | None
     """Peak over the whole verification (None when it ran out of memory)."""
     fits: bool
-    """Ran, and peaked within the usable memory."""
+    """Ran, and peaked within the usable memory plus half the margin (what the trials left in
+    the process's allocator pool is reused by the verification, see `ProbeResult.left_behind_bytes`)."""
     epochs: int
     train_steps: int
     epoch_peak_bytes: list[int] = field(default_factory=list)
@@ -127,7 +128,7 @@ class ProbeResult(_JsonMixin):
     schema_version: int = SCHEMA_VERSION
     verified: bool = False
     """True when real training epochs at ``max_batch_size`` (with a validation pass at that
-    batch) peaked within the usable memory; see ``verifications``."""
+    batch) peaked within the usable memory plus half the margin; see ``verifications``."""
     verifications: list[ProbeVerification] = field(default_factory=list)
     """Each verification run, in order: the first at the search's answer, then backed-off
     batches if it crossed the margin."""
@@ -142,7 +143,9 @@ class ProbeResult(_JsonMixin):
 
     @property
     def left_behind_bytes(self) -> int | None:
-        """Memory the probe left in use in this process (caches, traced functions), or None."""
+        """Memory the probe left in use in this process, or None. On TF/CPU this is mostly the
+        allocator's pool of freed blocks, which the caller's next fit reuses rather than adds
+        to: the verification measured the answer on top of it."""
         if self.memory_before_bytes is None or self.memory_after_bytes is None:
             return None
         return self.memory_after_bytes - self.memory_before_bytes

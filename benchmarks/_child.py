@@ -3,9 +3,15 @@
 Run as ``python -m benchmarks._child '<json>'`` from the repository root, in a `MemoryCage`
 (the parent moves it in before exec). Jobs:
 
-- ``fit``: train ``steps`` steps at one batch size (the ground truth: killed = does not fit);
+- ``fit``: with ``epochs``, real training as a user runs it (the ground truth: killed = does
+  not fit): ``model.fit(x, y, batch_size=b, epochs=epochs, validation_split=0.2)``; with
+  ``steps`` instead, the short two-pass trial the peers run;
 - ``probe``: run ``autobatch.probe`` (the limit found by itself) and check that the model's
-  weights, optimizer variables and ``optimizer.iterations`` are unchanged afterwards;
+  weights, optimizer variables and ``optimizer.iterations`` are unchanged afterwards. With
+  ``train_first`` ({"batch_size", "steps"}) the model trains first, as a notebook user does
+  before probing; with ``fit_after_epochs`` the answer is then used for real training in the
+  same process (a second result line, ``{"fit_after": ...}``: a process killed there has
+  already reported its probe);
 - ``worker``: a trial server for the peer strategies: one trial per ``<batch size>`` line read
   on stdin, one JSON line back, until stdin closes;
 - ``sweep``: throughput and peak memory at each of a list of batch sizes, ascending.
@@ -122,6 +128,14 @@ def _train(model: Any, x: Any, y: Any, batch_size: int, steps: int) -> int:
     return 2 * (full + (remainder > 0))
 
 
+def _fit_for_real(model: Any, x: Any, y: Any, batch_size: int, epochs: int) -> int:
+    """Training as a user runs it: every pass ends with its partial batch and validates the
+    last fifth at the same batch size. Returns the optimizer steps run."""
+    before = int(model.optimizer.iterations.numpy())
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, validation_split=0.2, verbose=0)
+    return int(model.optimizer.iterations.numpy()) - before
+
+
 def _is_oom(error: BaseException) -> bool:
     from autobatch.memory.oom import is_out_of_memory
 
@@ -133,7 +147,10 @@ def job_fit(spec: dict[str, Any], model: Any, x: Any, y: Any) -> dict[str, Any]:
     peak.reset()
     started = time.perf_counter()
     try:
-        steps = _train(model, x, y, spec["batch_size"], spec["steps"])
+        if spec.get("epochs"):
+            steps = _fit_for_real(model, x, y, spec["batch_size"], spec["epochs"])
+        else:
+            steps = _train(model, x, y, spec["batch_size"], spec["steps"])
     except Exception as error:  # noqa: BLE001 - a catchable OOM (GPU) means "does not fit"
         if not _is_oom(error):
             raise
@@ -203,16 +220,49 @@ def _give_optimizer_state(model: Any) -> None:
 def job_probe(spec: dict[str, Any], model: Any, x: Any, y: Any) -> dict[str, Any]:
     import autobatch
 
-    _give_optimizer_state(model)
+    first = spec.get("train_first")
+    if first:
+        # A notebook user who trained a few steps before probing: that training's freed
+        # memory is reused by the probe's trials and hides their slope.
+        model.fit(x[: first["batch_size"] * first["steps"]], y[: first["batch_size"] * first["steps"]],
+                  batch_size=first["batch_size"], epochs=1, verbose=0)
+    else:
+        _give_optimizer_state(model)
     before = _snapshot(model)
     started = time.perf_counter()
     # verbose: the trial lines go to this child's log, which shows where a killed probe was.
-    result = autobatch.probe(model, (x, y), memory_limit=spec.get("explicit_limit"), verbose=1)
+    result = autobatch.probe(
+        model, (x, y), memory_limit=spec.get("explicit_limit"), verbose=1, use_cache=False
+    )
     seconds = time.perf_counter() - started
-    return {
+    payload = {
         "result": result.to_dict(),
         "wall_seconds": seconds,
         "preserved": _same(before, _snapshot(model)),
+    }
+    epochs = spec.get("fit_after_epochs")
+    if not epochs:
+        return payload
+    _emit(payload)  # reported before training at the answer, which may be killed
+    peak = _Peak(spec)
+    peak.reset()
+    fit_started = time.perf_counter()
+    try:
+        steps = _fit_for_real(model, x, y, result.max_batch_size, epochs)
+    except Exception as error:  # noqa: BLE001 - a catchable OOM (GPU) means "does not fit"
+        if not _is_oom(error):
+            raise
+        return {**payload, "fit_after": {"fits": False, "oom": "exception"}}
+    limit = spec.get("explicit_limit")
+    fits = limit is None or (_peak_charged_bytes() or 0) <= limit  # no cgroup: simulated
+    return {
+        **payload,
+        "fit_after": {
+            "fits": fits,
+            "steps": steps,
+            "seconds": time.perf_counter() - fit_started,
+            "peak_bytes": peak.read(),
+        },
     }
 
 

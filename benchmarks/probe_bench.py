@@ -47,7 +47,10 @@ from benchmarks._child import MARKER
 
 #: Memory above a tiny training run's peak that each model gets (MiB): the true largest batch
 #: then lands at a few hundred to a few thousand samples on CPU.
-HEADROOM_MIB = {"mlp": 200, "cnn": 700, "mobilenet_v2": 1800, "lstm": 1200, "transformer": 1800}
+HEADROOM_MIB = {
+    "mlp": 400, "cnn": 500, "mobilenet_v2": 1800, "lstm": 800, "transformer": 1800,
+    "batch_attention": 400,
+}
 QUICK_HEADROOM_MIB = {"mlp": 200, "lstm": 400}
 QUICK_MODELS = ("mlp",)
 OURS = "autobatch.probe"
@@ -130,7 +133,8 @@ class Launcher:
         if completed.returncode == 0 and result is not None:
             return {**result, "process_seconds": seconds}
         if completed.returncode in (-9, 137) and self._oom_kills() > kills_before:
-            return {"killed": True, "fits": False, "process_seconds": seconds}
+            # What it reported before the kill (a probe's result, before training at it).
+            return {"killed": True, "fits": False, "process_seconds": seconds, "reported": result}
         raise ChildFailed(
             f"{self.model} {job} {extra} exited with {completed.returncode}; log: "
             f"{kwargs['stderr'].name}\n{_tail(Path(kwargs['stderr'].name))}"
@@ -343,34 +347,51 @@ def _bench_under(model: str, limit: Limit, headroom: int, args: Any) -> dict[str
         _note(f"{model}: {limit.kind}, limit {limit.limit_bytes / 2**20:.0f} MiB "
               f"(tiny run peak {limit.baseline_bytes / 2**20:.0f} MiB + {headroom} MiB)")
 
-    probe_run = launcher.run("probe")
-    if probe_run.get("killed"):
-        ours = {"killed": True}
-        answer = 0
-        _note(f"{model}: our probe was KILLED by the OOM killer")
-    else:
-        ours = probe_run
-        answer = probe_run["result"]["max_batch_size"]
-        if limit.kind == DEVICE:
-            limit.limit_bytes = probe_run["result"]["limit_bytes"]
-        _note(f"{model}: probe answered {answer} in {probe_run['wall_seconds']:.1f} s")
+    # A pipeline: probe in a fresh process, then (same process, as a script or notebook
+    # does) train at the answer for real.
+    ours = _probe_run(launcher, "fresh", fit_after_epochs=args.truth_epochs)
+    answer = ours["answer"]
+    if limit.kind == DEVICE and ours.get("result"):
+        limit.limit_bytes = ours["result"]["limit_bytes"]
 
+    # A notebook: the user trained a few steps first, then probes, then trains at the answer.
+    trained_first = None
+    if not args.no_trained_first:
+        first_batch = max(8, (answer or 64) // 2)
+        trained_first = _probe_run(
+            launcher, "trained first", fit_after_epochs=args.truth_epochs,
+            train_first={"batch_size": first_batch, "steps": 5},
+        )
+
+    def fits(batch_size: int) -> bool:
+        """Real training (``--truth-epochs`` epochs, validation_split=0.2) in fresh processes
+        survives ``--truth-runs`` times out of as many."""
+        runs = []
+        for _ in range(args.truth_runs):
+            run = launcher.run("fit", batch_size=batch_size, epochs=args.truth_epochs)
+            runs.append(run)
+            if not run.get("fits"):
+                break
+        fit_runs.setdefault(batch_size, []).extend(runs)
+        return all(r.get("fits") for r in runs)
+
+    fit_runs: dict[int, list[dict[str, Any]]] = {}
     truth = find_true_max(
-        lambda b: bool(launcher.run("fit", batch_size=b, steps=args.truth_steps).get("fits")),
-        start=answer or 64,
-        cap=num_samples,
-        precision=args.precision,
+        fits, start=answer or 64, cap=num_samples - num_samples // 5, precision=args.precision
     )
+    truth["runs"] = {str(b): runs for b, runs in fit_runs.items()}
     _note(f"{model}: true max {truth['true_max']} (first failure {truth['smallest_failure']})")
 
     verification = None
     if answer:
-        verification = launcher.run("fit", batch_size=answer, steps=args.verify_steps)
-        _note(f"{model}: training at {answer} for {args.verify_steps} steps: "
+        verification = launcher.run("fit", batch_size=answer, epochs=args.verify_epochs)
+        _note(f"{model}: fresh process training at {answer} for {args.verify_epochs} epochs: "
               f"{'ok' if verification.get('fits') else 'FAILED'}")
 
     peer_runs = []
     for name, strategy in peer_strategies(args.quick, num_samples).items():
+        if args.peers and name not in args.peers:
+            continue
         worker = launcher.worker(args.trial_steps)
         try:
             run = strategy(worker, worker.ready, limit)
@@ -399,10 +420,34 @@ def _bench_under(model: str, limit: Limit, headroom: int, args: Any) -> dict[str
         "limit": limit.to_dict(),
         "truth": truth,
         "ours": ours,
+        "trained_first": trained_first,
         "verification": verification,
         "peers": peer_runs,
         "num_processes": launcher.num_processes,
     }
+
+
+def _probe_run(launcher: Launcher, label: str, **extra: Any) -> dict[str, Any]:
+    """Our probe in a fresh process, then real training at its answer in that same process.
+
+    Returns the probe's report with ``killed`` (the probe itself was killed), ``answer`` and
+    ``fit_after`` (``{"fits": False, "killed": True}`` when the training was killed).
+    """
+    run = launcher.run("probe", **extra)
+    if run.get("killed"):
+        reported = run.get("reported")
+        if reported is None:
+            _note(f"{launcher.model} ({label}): our probe was KILLED by the OOM killer")
+            return {"killed": True, "answer": 0, "spec": extra.get("train_first")}
+        run = {**reported, "fit_after": {"fits": False, "killed": True}}
+    run["killed"] = False
+    run["spec"] = extra.get("train_first")
+    run["answer"] = run["result"]["max_batch_size"]
+    after = run.get("fit_after") or {}
+    _note(f"{launcher.model} ({label}): probe answered {run['answer']} in "
+          f"{run['wall_seconds']:.1f} s; training at it in the same process: "
+          f"{'ok' if after.get('fits') else 'FAILED'}")
+    return run
 
 
 def peer_strategies(quick: bool, num_samples: int) -> dict[str, Callable[..., peers.PeerRun]]:
@@ -495,14 +540,22 @@ def model_table(entry: dict[str, Any]) -> str:
 
 
 def summary_table(entries: list[dict[str, Any]]) -> str:
-    headers = ["model", "limit (MiB)", "true max", "ours", "found / true", "our trials",
-               "binsearch trials", "trials: ours / binsearch", "our OOM kills",
-               "train at ours", "model unchanged"]
+    """One row per model: our answer against real training, in every way a user trains next."""
+    headers = ["model", "limit (MiB)", "true max", "ours", "found / true", "over",
+               "verified", "our trials + verifications", "binsearch trials",
+               "trials: ours / binsearch", "probe killed", "fresh fit at ours",
+               "same-process fit", "left behind (MiB)", "model unchanged"]
     rows = []
     for entry in entries:
         table_rows = {r["strategy"]: r for r in rows_for(entry)}
         ours, binsearch = table_rows[OURS], table_rows.get("Lightning binsearch")
-        preserved = entry["ours"].get("preserved", {})
+        run = entry["ours"]
+        result = run.get("result") or {}
+        count = _our_runs(result)
+        preserved = run.get("preserved", {})
+        left = None
+        if result.get("memory_after_bytes") is not None:
+            left = (result["memory_after_bytes"] - result["memory_before_bytes"]) / 2**20
         rows.append(
             [
                 entry["model"],
@@ -510,15 +563,62 @@ def summary_table(entries: list[dict[str, Any]]) -> str:
                 entry["truth"]["true_max"],
                 ours["answer"],
                 ours["found_true"],
-                ours["num_trials"],
+                "YES" if ours["over_limit"] else "no",
+                "yes" if result.get("verified") else "no",
+                f"{len(result.get('trials', []))} + {len(result.get('verifications', []))}",
                 binsearch["num_trials"] if binsearch else None,
-                (ours["num_trials"] / binsearch["num_trials"]) if binsearch and ours["num_trials"] else None,
-                ours["num_oom"],
-                "ok" if (entry["verification"] or {}).get("fits") else "FAILED",
+                (count / binsearch["num_trials"]) if binsearch and count else None,
+                "KILLED" if run.get("killed") else "no",
+                _verdict(entry["verification"]),
+                _verdict(run.get("fit_after")),
+                left,
                 "yes" if preserved and all(preserved.values()) else f"NO {preserved}",
             ]
         )
     return _common.markdown_table(headers, rows)
+
+
+def trained_first_table(entries: list[dict[str, Any]]) -> str:
+    """The probe in a process that trained first (a notebook), then training at its answer."""
+    headers = ["model", "trained first at", "true max (fresh)", "answer", "found / true", "over",
+               "verified", "trials + verifications", "probe killed", "same-process fit"]
+    rows = []
+    for entry in entries:
+        run = entry.get("trained_first")
+        if not run:
+            continue
+        true_max = entry["truth"]["true_max"]
+        failure = entry["truth"]["smallest_failure"]
+        result = run.get("result") or {}
+        answer = run.get("answer", 0)
+        rows.append(
+            [
+                entry["model"],
+                (run.get("spec") or {}).get("batch_size", "-"),
+                true_max,
+                answer,
+                answer / true_max if true_max else None,
+                "YES" if failure and answer >= failure else "no",
+                "yes" if result.get("verified") else "no",
+                f"{len(result.get('trials', []))} + {len(result.get('verifications', []))}",
+                "KILLED" if run.get("killed") else "no",
+                _verdict(run.get("fit_after")),
+            ]
+        )
+    return _common.markdown_table(headers, rows)
+
+
+def _our_runs(result: dict[str, Any]) -> int:
+    """Our probe's training runs: trials and verifications (each a real training run)."""
+    return len(result.get("trials", [])) + len(result.get("verifications", []))
+
+
+def _verdict(run: dict[str, Any] | None) -> str:
+    if not run:
+        return "-"
+    if run.get("fits"):
+        return "ok"
+    return "KILLED" if run.get("killed") else "FAILED"
 
 
 def plot(entries: list[dict[str, Any]], directory: Path, stem: str) -> Path:
@@ -567,14 +667,20 @@ def main(argv: list[str] | None = None) -> int:
         help="cgroup: a real limit per model (falls back to explicit where cgroups cannot be "
         "made); explicit: memory_limit=, a simulated limit; device: the accelerator's memory",
     )
-    parser.add_argument("--precision", type=float, help="true max bracket, relative (0.005; quick 0.05)")
-    parser.add_argument("--truth-steps", type=int, default=5, help="steps per ground-truth run")
+    parser.add_argument("--precision", type=float, help="true max bracket, relative (0.02; quick 0.05)")
+    parser.add_argument("--truth-epochs", type=int, default=2,
+                        help="epochs of each ground-truth fit (validation_split=0.2)")
+    parser.add_argument("--truth-runs", type=int, default=2,
+                        help="a batch is the truth when this many fresh fits of it all survive")
     parser.add_argument("--trial-steps", type=int, default=3, help="steps per peer trial (Lightning's default)")
-    parser.add_argument("--verify-steps", type=int, help="steps when training at our answer (10; quick 5)")
+    parser.add_argument("--verify-epochs", type=int, default=3,
+                        help="epochs when a fresh process trains at our answer")
+    parser.add_argument("--peers", nargs="*", help="peer strategies to run (default: all)")
+    parser.add_argument("--no-trained-first", action="store_true",
+                        help="skip the probe in a process that trained first")
     args = parser.parse_args(argv)
     args.headroom = dict(args.headroom or [])
-    args.precision = args.precision or (0.05 if args.quick else 0.005)
-    args.verify_steps = args.verify_steps or (5 if args.quick else 10)
+    args.precision = args.precision or (0.05 if args.quick else 0.02)
     models = args.models or (list(QUICK_MODELS) if args.quick else list(zoo.MODELS))
     _common.prepare_environment()
 
@@ -586,8 +692,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "probe_bench",
         "meta": meta,
         "settings": {
-            "models": models, "precision": args.precision, "truth_steps": args.truth_steps,
-            "trial_steps": args.trial_steps, "verify_steps": args.verify_steps,
+            "models": models, "precision": args.precision, "truth_epochs": args.truth_epochs,
+            "truth_runs": args.truth_runs, "trial_steps": args.trial_steps,
+            "verify_epochs": args.verify_epochs, "peers": args.peers,
             "limit": args.limit,
         },
         "models": entries,
@@ -596,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
     path = _common.write_json(args.results_dir, stem, payload)
     print(f"## Probe benchmark ({meta['mode']}): {meta['device']['cpu']}, {entries[0]['limit']['kind']}\n")
     print(summary_table(entries))
+    if any(entry.get("trained_first") for entry in entries):
+        print("\n### Probed in a process that trained first (5 steps at half the fresh answer)\n")
+        print(trained_first_table(entries))
     for entry in entries:
         print(f"\n### {entry['model']}: {entry['description']}, limit "
               f"{entry['limit']['limit_bytes'] / 2**20:.0f} MiB, true max {entry['truth']['true_max']}\n")

@@ -1,4 +1,4 @@
-"""The benchmark model zoo: five small Keras models and synthetic data of realistic shapes.
+"""The benchmark model zoo: six small Keras models and synthetic data of realistic shapes.
 
 Each builder returns ``(compiled model, (x, y))``. Data is generated locally from a seed
 (no downloads), so every fresh benchmark process builds exactly the same model and data.
@@ -156,14 +156,46 @@ def transformer(num_samples: int, seed: int) -> tuple[Any, tuple[Any, Any]]:
     return _compile(model), (x, y)
 
 
+def batch_attention(num_samples: int, seed: int) -> tuple[Any, tuple[Any, Any]]:
+    """An MLP whose middle layer attends over the other samples of the batch (in-batch
+    negatives, set models): a batch x batch score matrix, so memory grows with the square of
+    the batch and the curve bends upwards where a line fitted to small batches predicts less."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.random((num_samples, 64), dtype=np.float32)
+    y = _labels(rng, num_samples, 10)
+
+    class InBatchAttention(keras.layers.Layer):
+        def call(self, hidden: Any) -> Any:
+            ops = keras.ops
+            scores = ops.matmul(hidden, ops.transpose(hidden)) / float(hidden.shape[-1]) ** 0.5
+            return hidden + ops.matmul(ops.softmax(scores, axis=-1), hidden)
+
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(256, activation="relu"),
+            InBatchAttention(),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="batch_attention",
+    )
+    return _compile(model), (x, y)
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("mlp", "MLP 784-4x1024-10", 8192, mlp),
-        ModelSpec("cnn", "CNN 4 conv, 32x32x3", 8192, cnn),
+        ModelSpec("mlp", "MLP 784-4x1024-10", 16384, mlp),
+        ModelSpec("cnn", "CNN 4 conv, 32x32x3", 4096, cnn),
         ModelSpec("mobilenet_v2", "MobileNetV2 a=0.35, 96x96x3", 1024, mobilenet_v2),
-        ModelSpec("lstm", "LSTM(128), 200 tokens", 8192, lstm),
-        ModelSpec("transformer", "Transformer 2x128, 128 tokens", 4096, transformer),
+        ModelSpec("lstm", "LSTM(128), 200 tokens", 4096, lstm),
+        ModelSpec("transformer", "Transformer 2x128, 128 tokens", 2048, transformer),
+        ModelSpec(
+            "batch_attention", "MLP with in-batch attention (memory ~ batch^2)", 8192, batch_attention
+        ),
     )
 }
 
