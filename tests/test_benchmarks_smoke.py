@@ -161,3 +161,24 @@ def test_probe_drift_table_reports_the_repeat_against_its_first_run():
     # first peak 800, again 850, drift 50 MiB = 0.1 of the first run's own 500 MiB.
     assert row.split("|")[1:-1] == [" cnn ", " 600 ", " 800 ", " 850 ", " 50.0 ", " 50.0 ", " 0.1 "], row
     assert "| 32 | 320 | 400 | 80.0 |" in probe_drift.trials_table(entry)
+
+
+def test_gpu_check_dry_run_prints_valid_commands_for_both_backends():
+    # The GPU script cannot run here (no GPU): its dry run prints every command and has each
+    # benchmark's own parser check the arguments, so a renamed flag fails here, not on a card.
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=root, capture_output=True,
+        text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for backend in ("jax", "torch"):
+        assert any(
+            line.startswith(f"KERAS_BACKEND={backend} python -m benchmarks.probe_bench --limit device")
+            for line in lines
+        )
+        assert any(f"benchmarks/results/gpu-{backend}" in line for line in lines)
