@@ -186,17 +186,20 @@ class ArrayData(TrainingData):
         # memory a few full steps never show: an LSTM at batch 1285 (8192 samples) peaked at
         # 1467 MiB over 3 full steps and at 1861 MiB once the 482-sample batch and the next
         # pass had run; a trial that skipped them chose a batch that was OOM-killed in
-        # training. So a trial is two passes over `steps` full batches plus that remainder.
+        # training. So a trial is two passes over `steps` full batches plus that remainder,
+        # each followed by a validation batch at the same size, as fit validates: validating
+        # took an LSTM's verification 140 MiB past trials that did not.
         full = max(1, min(steps, self.num_samples // batch_size))
         remainder = self.num_samples % batch_size
         size = full * batch_size + remainder
         kwargs = self._fit_kwargs()
+        validation = tuple(_map_leaves(lambda a: a[:batch_size], v) for v in kwargs.values())
         if size < self.num_samples:
             # The rest of the arrays stays in memory, as in real training; only the steps are cut.
             kwargs = {k: _map_leaves(lambda a: a[:size], v) for k, v in kwargs.items()}
         passes = 2
         return FitInputs(
-            {**kwargs, "batch_size": batch_size},
+            {**kwargs, "batch_size": batch_size, "validation_data": validation},
             None,
             epochs=passes,
             total_steps=passes * (full + (remainder > 0)),
@@ -341,8 +344,11 @@ class DatasetData(TrainingData):
             source = tf.data.Dataset.from_tensors(self._largest_element()).repeat()
         else:
             source = self.dataset.repeat()
-        batches = source.batch(batch_size, drop_remainder=True).take(steps)
-        return FitInputs({"x": batches}, steps)
+        batches = source.batch(batch_size, drop_remainder=True)
+        # A validation batch at the same size follows, as fit validates (see ArrayData).
+        return FitInputs(
+            {"x": batches.take(steps), "validation_data": batches.take(1), "shuffle": False}, steps
+        )
 
     @property
     def endless(self) -> bool:  # type: ignore[override]
@@ -416,7 +422,11 @@ class CallableData(TrainingData):
         largest = max(scanned, key=lambda b: sum(np.size(leaf) for leaf in _leaves(b)))
         del scanned
 
-        return FitInputs({"x": _repeat_forever(largest)}, steps)
+        # A validation batch at the same size follows, as fit validates (see ArrayData).
+        return FitInputs(
+            {"x": _repeat_forever(largest), "validation_data": _replay([largest]), "shuffle": False},
+            steps,
+        )
 
     def search_inputs(self, batch_size: int) -> dict[str, Any]:
         batches = self._batches(batch_size)

@@ -59,9 +59,12 @@ class MemoryBackend(abc.ABC):
     def _read_peak(self) -> int:
         """Peak since the last ``_reset_peak``."""
 
-    def before_trial(self, batch_size: int, steps: int | None = None) -> None:
-        """Hook run before each trial of ``steps`` training steps; the fake backend "runs
-        out" here."""
+    def before_trial(self, batch_size: int) -> None:
+        """Hook run before each trial; the fake backend "runs out" here."""
+
+    def after_step(self, *, validation: bool = False) -> None:
+        """Hook run after each training (or ``validation``) step of a trial; the fake
+        backend's memory grows here."""
 
     def peak_so_far(self) -> int:
         """The peak since the current trial began, read without ending the measurement: the
@@ -69,7 +72,7 @@ class MemoryBackend(abc.ABC):
         return self._read_peak()
 
     @contextlib.contextmanager
-    def trial(self, batch_size: int, *, steps: int | None = None) -> Iterator[TrialMemory]:
+    def trial(self, batch_size: int) -> Iterator[TrialMemory]:
         """Measure the peak memory of the block; the reading is set when the block exits.
 
         Example:
@@ -80,7 +83,7 @@ class MemoryBackend(abc.ABC):
         reading = TrialMemory()
         self._reset_peak()
         try:
-            self.before_trial(batch_size, steps)
+            self.before_trial(batch_size)
             yield reading
         finally:
             reading.peak_bytes = self._read_peak()

@@ -1,8 +1,9 @@
 """A deterministic memory backend for tests: it "runs out" above a set number of bytes.
 
 Peak memory follows ``fixed_bytes + bytes_per_sample * batch_size`` exactly (or any
-function you give), plus ``bytes_per_step`` for every training step a trial runs (a model
-whose peak keeps growing with training, as attention models do on TF/CPU), so a probe or a search can be tested on CPU, in milliseconds, with a
+function you give), and a validation step at that batch adds ``validation_bytes_per_sample``
+for each sample (real ``fit`` validates at the training batch size, and short trials never
+do: it runs out, or is "killed", at the step that crosses the limit), so a probe or a search can be tested on CPU, in milliseconds, with a
 known answer. Like httpx's MockTransport, it is public API so users can test their own
 pipelines with it.
 
@@ -47,14 +48,15 @@ class FakeMemory(MemoryBackend):
         peak_of: Callable[[int], int] | None = None,
         oom_is_catchable: bool = True,
         baseline_bytes: int = 0,
-        bytes_per_step: int = 0,
+        validation_bytes_per_sample: int = 0,
     ) -> None:
         self._limit = int(limit_bytes)
         self._peak_of = peak_of or (lambda b: int(fixed_bytes + bytes_per_sample * b))
         self._baseline = int(baseline_bytes)
-        self._bytes_per_step = int(bytes_per_step)
+        self._validation_bytes_per_sample = int(validation_bytes_per_sample)
         self.oom_is_catchable = oom_is_catchable
         self._peak = self._baseline
+        self._batch_size = 0
         #: Batch sizes of every trial started, in order (for assertions in tests).
         self.trial_batch_sizes: list[int] = []
         self.num_oom = 0
@@ -65,9 +67,10 @@ class FakeMemory(MemoryBackend):
     def current_bytes(self) -> int:
         return self._baseline
 
-    def peak_for(self, batch_size: int, steps: int | None = None) -> int:
-        """The modelled peak of a trial of ``steps`` steps at ``batch_size``."""
-        return self._baseline + self._peak_of(batch_size) + self._bytes_per_step * (steps or 0)
+    def peak_for(self, batch_size: int, validating: bool = False) -> int:
+        """The modelled peak of a trial at ``batch_size`` (once it validates, with ``validating``)."""
+        extra = self._validation_bytes_per_sample * batch_size if validating else 0
+        return self._baseline + self._peak_of(batch_size) + extra
 
     def _reset_peak(self) -> None:
         self._peak = self._baseline
@@ -75,15 +78,22 @@ class FakeMemory(MemoryBackend):
     def _read_peak(self) -> int:
         return self._peak
 
-    def before_trial(self, batch_size: int, steps: int | None = None) -> None:
+    def before_trial(self, batch_size: int) -> None:
         self.trial_batch_sizes.append(batch_size)
-        peak = self.peak_for(batch_size, steps)
+        self._batch_size = batch_size
+        self._set_peak(self.peak_for(batch_size))
+
+    def after_step(self, *, validation: bool = False) -> None:
+        if validation:
+            self._set_peak(max(self._peak, self.peak_for(self._batch_size, validating=True)))
+
+    def _set_peak(self, peak: int) -> None:
         if peak > self._limit:
             self.num_oom += 1
             if not self.oom_is_catchable:
-                raise FakeProcessKilled(f"batch {batch_size} needs {peak} bytes > {self._limit}")
+                raise FakeProcessKilled(f"batch {self._batch_size} needs {peak} bytes > {self._limit}")
             raise FakeOutOfMemoryError(
-                f"fake device out of memory: batch {batch_size} needs {peak} bytes, "
+                f"fake device out of memory: batch {self._batch_size} needs {peak} bytes, "
                 f"limit {self._limit}"
             )
         self._peak = peak

@@ -80,9 +80,11 @@ def watchdog(memory: MemoryBackend, stop_above_bytes: int | None) -> Any:
                 raise PastMemoryBound
 
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            memory.after_step()
             self._check()
 
         def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            memory.after_step(validation=True)
             self._check()
 
     return Watchdog()
@@ -128,7 +130,7 @@ def run_trial(
     out_of_memory = stopped_early = False
     started = time.perf_counter()
     try:
-        with memory.trial(batch_size, steps=inputs.total_steps) as reading, quiet_retracing():
+        with memory.trial(batch_size) as reading, quiet_retracing():
             model.fit(
                 **inputs.kwargs,
                 epochs=inputs.epochs,

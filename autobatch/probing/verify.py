@@ -87,8 +87,7 @@ def verify(
     out_of_memory = stopped_early = False
     started = time.perf_counter()
     try:
-        with memory.trial(batch_size, steps=inputs.total_steps * max_epochs) as reading, \
-                quiet_retracing():
+        with memory.trial(batch_size) as reading, quiet_retracing():
             model.fit(
                 **inputs.kwargs,
                 epochs=max_epochs,

@@ -151,8 +151,8 @@ class FailingMemory(autobatch.FakeMemory):
         super().__init__(**kwargs)
         self.error, self.on_trial = error, on_trial
 
-    def before_trial(self, batch_size, steps=None):
-        super().before_trial(batch_size, steps)
+    def before_trial(self, batch_size):
+        super().before_trial(batch_size)
         if len(self.trial_batch_sizes) == self.on_trial:
             raise self.error
 
@@ -299,9 +299,9 @@ def test_every_trial_starts_after_freed_memory_is_handed_back(mlp, regression_da
             events.append("release")
             super().release()
 
-        def before_trial(self, batch_size, steps=None):
+        def before_trial(self, batch_size):
             events.append(batch_size)
-            super().before_trial(batch_size, steps)
+            super().before_trial(batch_size)
 
     memory = Recording(limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10)
     result = autobatch.probe(mlp, regression_data, memory=memory, verbose=0, use_cache=False)

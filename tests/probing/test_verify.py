@@ -14,24 +14,63 @@ from autobatch.data import as_training_data
 from tests.conftest import make_mlp
 
 
+class GrowsWithTraining(autobatch.FakeMemory):
+    """Peak memory that grows by ``per_step`` bytes a training step for the first 30 steps,
+    as the benchmark's Transformer does on TF/CPU: short trials never see all of it."""
+
+    def __init__(self, per_step, **kwargs):
+        super().__init__(**kwargs)
+        self.per_step = per_step
+
+    def before_trial(self, batch_size):
+        self.steps = 0
+        super().before_trial(batch_size)
+
+    def after_step(self, *, validation=False):
+        super().after_step(validation=validation)
+        if not validation:
+            self.steps += 1
+            grown = self.peak_for(self._batch_size) + self.per_step * min(self.steps, 30)
+            self._set_peak(max(self._peak, grown))
+
+
+@pytest.fixture
+def larger_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4096, 8)).astype("float32")
+    return x, (x @ rng.normal(size=(8, 1))).astype("float32")
+
+
 @pytest.mark.parametrize("catchable", [True, False])
-def test_answer_backs_off_when_memory_grows_with_training(mlp, regression_data, catchable):
-    # Every training step adds 2 bytes to the peak: the short trials fit up to 400 samples,
-    # real epochs at that batch run many more steps and would pass the margin. Host RAM:
+def test_answer_backs_off_when_memory_grows_with_training(mlp, larger_data, catchable):
+    # Trials run 8 steps; real epochs run more, and the peak keeps growing for 30 steps: the
+    # verification at the trials' answer passes the margin and backs off. Host RAM:
     # FakeMemory raises FakeProcessKilled past the limit, so this also says "never killed".
-    memory = autobatch.FakeMemory(
-        limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10, bytes_per_step=2,
-        oom_is_catchable=catchable,
+    memory = GrowsWithTraining(
+        40, limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10, oom_is_catchable=catchable
     )
-    result = autobatch.probe(mlp, regression_data, memory=memory, margin=0.2, verbose=0)
+    result = autobatch.probe(mlp, larger_data, memory=memory, margin=0.2, verbose=0)
 
     first, last = result.verifications[0], result.verifications[-1]
     assert not first.fits and first.error in ("above the safety margin", "out of memory")
     assert last.fits and result.verified
     assert result.max_batch_size == last.batch_size < first.batch_size
-    # The verified batch really keeps (half) the margin over the steps real epochs run.
-    assert last.peak_bytes <= result.usable_bytes + result.margin_bytes // 2
-    assert last.epochs >= 2 and last.train_steps >= 2
+    bound = result.usable_bytes + result.margin_bytes // 2
+    assert last.peak_bytes <= bound
+    assert last.epoch_peak_bytes[0] < last.epoch_peak_bytes[-1] or last.train_steps >= 30
+
+
+def test_trials_validate_at_their_batch_size_so_the_host_probe_survives_it(mlp, regression_data):
+    # Validating costs 5 bytes a sample more, at the training batch size: trials validate as
+    # fit does, so their line includes it and no step up can be killed by it.
+    memory = autobatch.FakeMemory(
+        limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10, validation_bytes_per_sample=5,
+        oom_is_catchable=False,
+    )
+    result = autobatch.probe(mlp, regression_data, memory=memory, margin=0.2, verbose=0)
+    assert result.verified
+    assert memory.peak_for(result.max_batch_size, validating=True) <= result.usable_bytes + result.margin_bytes // 2
+    assert all(t.peak_bytes == memory.peak_for(t.batch_size, validating=True) for t in result.trials)
 
 
 def test_answer_is_verified_with_validation_at_the_same_batch(mlp, regression_data):

@@ -178,11 +178,11 @@ class InterruptingMemory(FakeMemory):
         super().__init__(limit_bytes=2**40)
         self.trials_left = trials
 
-    def before_trial(self, batch_size: int, steps: int | None = None) -> None:
+    def before_trial(self, batch_size: int) -> None:
         if self.trials_left == 0:
             raise KeyboardInterrupt
         self.trials_left -= 1
-        super().before_trial(batch_size, steps)
+        super().before_trial(batch_size)
 
 
 def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, probed):
