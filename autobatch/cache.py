@@ -41,6 +41,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from autobatch._versions import library_versions
 from autobatch.data import ArrayData, DatasetData, TrainingData, as_training_data
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import ProbeResult
@@ -353,8 +354,6 @@ def _shape(value: Any) -> tuple:
 
 
 def _machine_part(memory: MemoryBackend) -> dict[str, Any]:
-    from autobatch.probing.probe import library_versions  # lazy: probe imports this module
-
     return {
         "keras_backend": _keras_backend(),
         "floatx": _floatx(),

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autobatch._units import format_bytes
 from autobatch.errors import MissingDependencyError
-from autobatch.results import ProbeResult, TuneResult, TuneTrial
+
+if TYPE_CHECKING:  # only names: results.plot() imports this module, so no runtime import back
+    from autobatch.results import ProbeResult, TuneResult, TuneTrial
 
 #: How many of the best candidates get a learning curve.
 NUM_CURVES = 5

@@ -2,8 +2,9 @@
 
 These are the contract with pipelines that store results, so fields are only ever added.
 ``from_dict`` ignores keys it does not know, so a result written by a newer autobatch
-still loads in an older one. This module imports nothing else of autobatch's except
-(lazily) the report module for ``plot()``.
+still loads in an older one. This module sits at the bottom of autobatch's imports: it
+imports nothing else of autobatch's except, inside ``plot()``, the plots module, which in
+turn names these classes only for type checkers.
 """
 
 from __future__ import annotations
@@ -127,9 +128,9 @@ class ProbeResult(_JsonMixin):
 
     def plot(self, directory: str | Path) -> list[Path]:
         """Write PNG plots of this probe to ``directory``; needs matplotlib."""
-        from autobatch import report
+        from autobatch import plots
 
-        return report.plot_probe(self, directory)
+        return plots.plot_probe(self, directory)
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,9 @@ class TuneResult(_JsonMixin):
 
     def plot(self, directory: str | Path) -> list[Path]:
         """Write PNG plots of this search (and its probe) to ``directory``; needs matplotlib."""
-        from autobatch import report
+        from autobatch import plots
 
-        return report.plot_tune(self, directory)
+        return plots.plot_tune(self, directory)
 
 
 def load_result(path: str | Path) -> ProbeResult | TuneResult:
