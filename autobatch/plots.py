@@ -271,7 +271,7 @@ def _tune_val_loss(figure_class: Any, result: TuneResult) -> Any:
     rows = sorted({row for _, row in cells})
     scored = {cell: t for cell, t in cells.items() if _has_loss(t)}
     if scored:
-        losses = [t.val_loss for t in scored.values()]
+        losses = [t.val_loss for t in scored.values() if t.val_loss is not None]  # all of them
         points = axes.scatter(
             [columns.index(b) for b, _ in scored], [rows.index(r) for _, r in scored],
             c=losses, cmap="viridis_r", marker="s", s=_cell_area(len(columns), len(rows)),
@@ -303,12 +303,12 @@ def _tune_val_loss(figure_class: Any, result: TuneResult) -> Any:
     axes.set_xlabel("batch size")
     axes.set_ylabel(row_label)
     budget = "" if result.budget_samples is None else f", up to {result.budget_samples:,} samples each"
-    best = (
+    best_label = (
         f"best: batch {result.batch_size} x {result.steps_per_epoch} steps (red box)"
         if scored else "no candidate finished"
     )
     axes.set_title(
-        f"Validation loss per candidate ({result.tuner}{budget})\n{best}", fontsize=10
+        f"Validation loss per candidate ({result.tuner}{budget})\n{best_label}", fontsize=10
     )
     return figure
 

@@ -84,7 +84,8 @@ class ProbeResult(_JsonMixin):
     device: str
     """What was measured, e.g. "CPU (host RAM)", "GPU:0"."""
     memory_source: str
-    """How peaks were measured, e.g. "process peak RSS (VmHWM), file-backed pages excluded", "tensorflow allocator peak"."""
+    """How peaks were measured, e.g. "process peak RSS (VmHWM), file-backed pages excluded",
+    "tensorflow allocator peak"."""
     bytes_per_sample: float | None
     """Slope of the fitted memory model: peak = fixed_bytes + bytes_per_sample * batch_size."""
     fixed_bytes: float | None
