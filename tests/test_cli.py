@@ -294,6 +294,23 @@ def test_demo_writes_everything_the_readme_promises(files, tmp_path, monkeypatch
     assert isinstance(load_result(output / "tune.json"), TuneResult)
 
 
+def test_the_demos_suggested_command_is_one_unbroken_line_in_a_log(capsys, tmp_path, monkeypatch):
+    # Output that is not a terminal (capsys, a pipe, a CI log) must not wrap at 80 columns:
+    # a command split mid-argument cannot be pasted back.
+    monkeypatch.setattr(demo, "NUM_SAMPLES", 200)
+    monkeypatch.setattr(demo, "BATCH_SIZES", (16,))
+    monkeypatch.setattr(demo, "STEPS_FRACTIONS", (1.0,))
+    monkeypatch.setattr(demo, "BUDGET_PASSES", 1)
+    output = tmp_path / ("a_rather_long_directory_name_" * 3) / "demo"
+    assert run("demo", "--output-dir", output) == 0
+    out, err = capsys.readouterr()
+    command = f"  autobatch probe {output / 'model.keras'} --data {output / 'data.npz'}"
+    assert any(line.startswith(command) and line.endswith("--plots plots/")
+               for line in out.splitlines()), out
+    assert max(len(line) for line in out.splitlines()) > 80
+    assert "elapsed" in err  # the progress lines, plain, with the time so far
+
+
 def test_python_dash_m_runs_end_to_end_without_tensorflow_noise(files, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["AUTOBATCH_CACHE_DIR"] = str(tmp_path / "cache")

@@ -172,6 +172,7 @@ def probe(
                 "exists: free memory, raise memory_limit, or shrink the model or its inputs."
             )
         while (proposal := strategy.propose(history)) is not None:
+            progress.trial_started(proposal.batch_size)
             outcome = run_trial(
                 model, trial_data, proposal.batch_size, memory, steps=steps_per_trial
             )
