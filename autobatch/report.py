@@ -86,7 +86,7 @@ class _Progress(_Silent):
             columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
             if self.total is not None:
                 columns += [BarColumn(), MofNCompleteColumn(), TextColumn("remaining"),
-                            TimeRemainingColumn(compact=True)]
+                            TimeRemainingColumn()]
             columns += [TextColumn("elapsed"), TimeElapsedColumn()]
             self.bar = Progress(*columns, console=self.console, transient=True)
             self.bar.start()
@@ -254,7 +254,7 @@ def tune_table(result: Any) -> Any:
     """
     from rich.table import Table
 
-    candidates = distinct_candidates(result.trials)
+    candidates = _chosen_first(result, distinct_candidates(result.trials))
     extra = _other_hyperparameter_names(result.trials)
     table = Table(
         title=f"Search: {len(candidates)} candidates, {len(result.trials)} trials ({result.tuner})",
@@ -295,7 +295,7 @@ def distinct_candidates(trials: list[Any]) -> list[Any]:
 
 def tune_summary(result: Any) -> str:
     """One paragraph: the settings to train with, why, and the memory headroom at that batch."""
-    candidates = distinct_candidates(result.trials)
+    candidates = _chosen_first(result, distinct_candidates(result.trials))
     ranked = [t for t in candidates if _has_loss(t)]
     num_failed = len(candidates) - len(ranked)
     budget = (
@@ -443,6 +443,17 @@ _BATCH_HYPERPARAMETERS = {"batch_size", "steps_per_epoch", "epoch_fraction"}
 def _candidate_key(trial: Any) -> tuple:
     own = {k: v for k, v in trial.hyperparameters.items() if not k.startswith("tuner/")}
     return (trial.batch_size, trial.steps_per_epoch, tuple(sorted((k, repr(v)) for k, v in own.items())))
+
+
+def _chosen_first(result: Any, candidates: list[Any]) -> list[Any]:
+    """``candidates`` with the one the result chose first: among equal losses the search's
+    own tie-break decides, and the table, the summary and the plots must name the same one."""
+    own = {k: v for k, v in result.hyperparameters.items() if not k.startswith("tuner/")}
+    key = (result.batch_size, result.steps_per_epoch, tuple(sorted((k, repr(v)) for k, v in own.items())))
+    chosen = next((t for t in candidates if _has_loss(t) and _candidate_key(t) == key), None)
+    if chosen is None:  # a result written by hand or by an older version: the ranking decides
+        return candidates
+    return [chosen] + [t for t in candidates if t is not chosen]
 
 
 def _other_hyperparameter_names(trials: list[Any]) -> list[str]:

@@ -226,7 +226,7 @@ def test_tune_progress_on_a_terminal_shows_a_bar_with_elapsed_and_remaining_time
         screen = console.file.getvalue()
     assert "candidate 3/4, batch 64 x 40 steps/epoch" in screen
     assert "2/4" in screen
-    assert __import__("re").search(r"remaining\s+\d\d:\d\d\s+elapsed\s+\d:\d\d:\d\d", screen), screen
+    assert __import__("re").search(r"remaining\s+\d:\d\d:\d\d\s+elapsed\s+\d:\d\d:\d\d", screen), screen
     assert "candidate   2: batch     32" in screen  # the finished ones are lines above the bar
 
 
@@ -268,3 +268,30 @@ def test_more_trials_than_expected_drop_the_estimate(capsys):
             progress.trial_done(tune_trial(batch, 80, 0.31))
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.endswith("(0:00:00 elapsed)"), last
+
+
+def tied_result():
+    """Two candidates with bit-identical losses; the search's tie-break chose the second."""
+    trials = [
+        tune_trial(16, 80, 0.25, epoch_fraction=0.25),
+        tune_trial(64, 20, 0.25, epoch_fraction=0.25),
+        tune_trial(32, 40, 0.40, epoch_fraction=0.25),
+    ]
+    return TuneResult(batch_size=64, steps_per_epoch=20, epochs=3, val_loss=0.25, trials=trials,
+                      probe=None, tuner="grid", budget_samples=4000, seconds=3.0,
+                      hyperparameters=dict(trials[1].hyperparameters))
+
+
+def test_a_tie_names_one_winner_in_the_table_the_summary_and_the_plots():
+    result = tied_result()
+    summary = report.tune_summary(result)
+    assert "Train with batch_size=64, steps_per_epoch=20" in summary
+    assert "Runner-up: batch 16 x 80 steps" in summary  # the other tied one, not the winner again
+    first_row = rendered(report.tune_table(result)).splitlines()[4]
+    assert first_row.split()[1:3] == ["64", "│"], first_row
+
+    from autobatch import plots
+
+    figure = plots._tune_curves(plots._figure_class(), result)
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert labels[0].startswith("batch 64, 20 steps/epoch"), labels
