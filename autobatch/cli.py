@@ -27,6 +27,7 @@ from typing import Any, Iterator, NoReturn, Sequence
 
 from autobatch import report
 from autobatch._units import parse_bytes
+from autobatch.demo import HOST_HEADROOM
 from autobatch.devices import resolve_memory_limit
 from autobatch.errors import (
     AutobatchError,
@@ -35,6 +36,9 @@ from autobatch.errors import (
     InvalidModelError,
     MissingDependencyError,
 )
+from autobatch.memory.base import MemoryBackend
+from autobatch.memory.host import HostMemory
+from autobatch.search.space import DEFAULT_EPOCH_FRACTIONS
 from autobatch.search.tune import DEFAULT_BUDGET_PASSES, DEFAULT_MIN_BUDGET_SAMPLES
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -150,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_and_data(probe)
     _memory_limit(probe)
     probe.add_argument("--margin", type=_margin, default=None, metavar="FRACTION",
-                       help="fraction of the free memory to leave unused (default 0.10 on host RAM, 0.05 on a GPU)")
+                       help="fraction of the free memory to leave unused (default "
+                       f"{HostMemory.default_margin:.2f} on host RAM, {MemoryBackend.default_margin:.2f} on a GPU)")
     probe.add_argument("--max-batch-size", type=_positive_int, default=None, metavar="N",
                        help="never try a batch above this (default: the number of samples)")
     probe.add_argument("--no-cache", action="store_true",
@@ -169,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="validation arrays (same names as --data); default: split --data")
     tune.add_argument("--validation-split", type=_fraction, default=None, metavar="FRACTION",
                       help="fraction of --data held out for validation when --validation-data "
-                      "is not given (default 0.2)")
+                      f"is not given (default {_tune_default('validation_split')})")
     tune.add_argument("--tuner", default=None, metavar="NAME", choices=TUNERS,
                       help="search algorithm: halving (the default), hyperband, bayesian, random or grid")
     _memory_limit(tune)
@@ -180,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "probed limit, plus the limit)")
     tune.add_argument("--steps-per-epoch", type=_steps_list, default=None, metavar="S1,S2,...",
                       help="candidate steps_per_epoch: values up to 1 are fractions of a pass "
-                      "over the data, larger whole numbers are step counts (default: 0.25,0.5,1)")
+                      "over the data, larger whole numbers are step counts (default: "
+                      f"{','.join(f'{f:g}' for f in DEFAULT_EPOCH_FRACTIONS)})")
     tune.add_argument("--budget-samples", type=_positive_int, default=None, metavar="N",
                       help=f"training samples per candidate (default: {DEFAULT_BUDGET_PASSES} passes "
                       f"over the training data, and at least {DEFAULT_MIN_BUDGET_SAMPLES:,} samples so "
@@ -223,11 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write everything (default: ./autobatch_demo_output)")
     demo.add_argument("--memory-limit", type=_memory_size, default=None, metavar="SIZE",
                       help="memory limit for the probe, e.g. 2GiB or +512MiB (default on CPU: "
-                      "+384MiB, so that the limit, not the data size, decides; on a GPU: the "
-                      "GPU's memory)")
+                      f"+{HOST_HEADROOM}, so that the limit, not the data size, decides; on a GPU: "
+                      "the GPU's memory)")
     demo.add_argument("--no-cache", action="store_true", help="do not reuse a cached probe")
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _tune_default(name: str) -> Any:
+    """The default of one of `autobatch.tune`'s arguments, so that --help states it truly."""
+    import inspect
+
+    from autobatch.search.tune import tune
+
+    return inspect.signature(tune).parameters[name].default
 
 
 def _model_and_data(parser: argparse.ArgumentParser) -> None:

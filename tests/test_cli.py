@@ -478,6 +478,26 @@ def test_tune_help_states_the_real_default_budget(capsys):
     assert f"at least {DEFAULT_MIN_BUDGET_SAMPLES:,} samples" in text
 
 
+def test_help_texts_state_the_defaults_the_code_uses(capsys):
+    import inspect
+
+    from autobatch.memory.base import MemoryBackend
+    from autobatch.memory.host import HostMemory
+    from autobatch.search.space import DEFAULT_EPOCH_FRACTIONS
+
+    def help_of(*command):
+        assert run(*command, "--help") == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    probe_help, tune_help, demo_help = help_of("probe"), help_of("tune"), help_of("demo")
+    assert (f"default {HostMemory.default_margin:.2f} on host RAM, "
+            f"{MemoryBackend.default_margin:.2f} on a GPU") in probe_help
+    split = inspect.signature(autobatch.tune).parameters["validation_split"].default
+    assert f"(default {split})" in tune_help
+    assert "(default: " + ",".join(f"{f:g}" for f in DEFAULT_EPOCH_FRACTIONS) + ")" in tune_help
+    assert f"default on CPU: +{demo.HOST_HEADROOM}" in demo_help
+
+
 def test_the_cli_offers_exactly_the_tuners_the_search_knows():
     from autobatch.search.tuner import TUNERS
 
