@@ -88,8 +88,14 @@ class _Progress(_Silent):
                 columns += [BarColumn(), MofNCompleteColumn(), TextColumn("remaining"),
                             TimeRemainingColumn()]
             columns += [TextColumn("elapsed"), TimeElapsedColumn()]
+            from rich.errors import LiveError
+
             self.bar = Progress(*columns, console=self.console, transient=True)
-            self.bar.start()
+            try:
+                self.bar.start()
+            except LiveError:  # the caller shows a live display of their own: plain lines then
+                self.bar = None
+                return self
             self.task = self.bar.add_task(f"{self.label}...", total=self.total)
         return self
 

@@ -295,3 +295,14 @@ def test_a_tie_names_one_winner_in_the_table_the_summary_and_the_plots():
     figure = plots._tune_curves(plots._figure_class(), result)
     labels = figure.axes[0].get_legend_handles_labels()[1]
     assert labels[0].startswith("batch 64, 20 steps/epoch"), labels
+
+
+def test_progress_inside_the_callers_own_live_display_still_works():
+    # Older rich refuses a second live display (LiveError): the progress then prints lines.
+    from rich.progress import Progress
+
+    console = terminal()
+    with Progress(console=console), report.tune_progress(1, total=2, console=console) as progress:
+        progress.trial_started(16, 80)
+        progress.trial_done(tune_trial(16, 80, 0.31))
+    assert "2.0 s)" in console.file.getvalue()
