@@ -73,6 +73,7 @@ class _Progress(_Silent):
     def __enter__(self) -> _Progress:
         self.began = time.monotonic()
         if _is_live(self.console):
+            from rich.errors import LiveError
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -88,8 +89,6 @@ class _Progress(_Silent):
                 columns += [BarColumn(), MofNCompleteColumn(), TextColumn("remaining"),
                             TimeRemainingColumn()]
             columns += [TextColumn("elapsed"), TimeElapsedColumn()]
-            from rich.errors import LiveError
-
             self.bar = Progress(*columns, console=self.console, transient=True)
             try:
                 self.bar.start()
@@ -132,6 +131,13 @@ class _Progress(_Silent):
         return text
 
 
+def _escape(text: Any) -> str:
+    """Text from elsewhere (an exception's message) shown as is, never read as rich markup."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def _clock(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
@@ -147,7 +153,7 @@ class _ProbeProgress(_Progress):
         self._started(f"probing: trial {self.num_started + 1}, batch {batch_size:,}")
 
     def trial_done(self, trial: ProbeTrial) -> None:
-        verdict = "[green]fits[/]" if trial.fits else f"[red]{trial.error}[/]"
+        verdict = "[green]fits[/]" if trial.fits else f"[red]{_escape(trial.error)}[/]"
         speed = f", {trial.samples_per_second:,.0f} samples/s" if trial.samples_per_second else ""
         self._done(
             f"  batch {trial.batch_size:>7}: peak {format_bytes(trial.peak_bytes)}{speed} -> {verdict}"
@@ -223,7 +229,7 @@ def probe_table(result: ProbeResult) -> Any:
         if trial.fits:
             verdict = "[green]yes, chosen[/]" if chosen else "[green]yes[/]"
         else:
-            verdict = f"[red]no: {_SHORT_ERRORS.get(trial.error or '', trial.error)}[/]"
+            verdict = f"[red]no: {_escape(_SHORT_ERRORS.get(trial.error or '', trial.error))}[/]"
         share = "-" if trial.peak_bytes is None else f"{100 * trial.peak_bytes / result.limit_bytes:.0f}%"
         table.add_row(
             f"{trial.batch_size:,}",
@@ -273,7 +279,7 @@ def tune_table(result: Any) -> Any:
     for trial in candidates:
         scored = _has_loss(trial)
         best = scored and trial is candidates[0]
-        status = trial.status if trial.error is None else f"{trial.status}: {trial.error}"
+        status = _escape(trial.status if trial.error is None else f"{trial.status}: {trial.error}")
         table.add_row(
             f"{trial.batch_size:,}",
             f"{trial.steps_per_epoch:,}",
@@ -556,7 +562,7 @@ class _TuneProgress(_Progress):
 
     def trial_done(self, trial: Any) -> None:
         if trial.status == "failed":
-            verdict = f"[red]failed: {trial.error}[/]"
+            verdict = f"[red]failed: {_escape(trial.error)}[/]"
         else:
             verdict = (
                 f"val_loss {trial.val_loss:.4f} at epoch {trial.best_epoch} "

@@ -306,3 +306,12 @@ def test_progress_inside_the_callers_own_live_display_still_works():
         progress.trial_started(16, 80)
         progress.trial_done(tune_trial(16, 80, 0.31))
     assert "2.0 s)" in console.file.getvalue()
+
+
+def test_an_error_text_with_brackets_is_shown_as_is_not_as_markup(capsys):
+    error = "InvalidArgumentError [/dim] [bold]x[/bold]"
+    with report.tune_progress(1) as progress:
+        progress.trial_done(tune_trial(16, 80, None, status="failed", error=error))
+    assert error in capsys.readouterr().err
+    assert error in rendered(report.tune_table(tune_result(trials=[
+        tune_trial(16, 80, None, status="failed", error=error)])))
