@@ -41,6 +41,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from autobatch._versions import library_versions
 from autobatch.data import ArrayData, DatasetData, TrainingData, as_training_data
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import ProbeResult
@@ -235,8 +236,9 @@ def _model_part(model: Any) -> dict[str, Any]:
     # Auto-generated names ("dense_3", "adam_1") change each time a model is rebuilt in one
     # process; renaming them by order of appearance keeps an identical model's key identical.
     names = {layer.name: f"#layer{index}" for index, layer in enumerate(layers)}
-    if getattr(optimizer, "name", None):
-        names[optimizer.name] = "#optimizer"
+    optimizer_name = getattr(optimizer, "name", None)
+    if optimizer_name:
+        names[optimizer_name] = "#optimizer"
     # Round trip through JSON first, so the renaming sees plain strings everywhere.
     plain = json.loads(json.dumps(part, sort_keys=True, default=_stable_text))
     return _renamed(plain, names)
@@ -353,8 +355,6 @@ def _shape(value: Any) -> tuple:
 
 
 def _machine_part(memory: MemoryBackend) -> dict[str, Any]:
-    from autobatch.probing.probe import library_versions  # lazy: probe imports this module
-
     return {
         "keras_backend": _keras_backend(),
         "floatx": _floatx(),

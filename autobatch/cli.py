@@ -14,18 +14,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
+import math
 import os
+import re
 import sys
 import textwrap
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 from autobatch import report
 from autobatch._units import parse_bytes
+from autobatch.demo import HOST_HEADROOM
 from autobatch.devices import resolve_memory_limit
-from autobatch.errors import AutobatchError, InvalidArgumentError, InvalidDataError, InvalidModelError
+from autobatch.errors import (
+    AutobatchError,
+    InvalidArgumentError,
+    InvalidDataError,
+    InvalidModelError,
+    MissingDependencyError,
+)
+from autobatch.memory.base import MemoryBackend
+from autobatch.memory.host import HostMemory
+from autobatch.search.space import DEFAULT_EPOCH_FRACTIONS
+from autobatch.search.tune import DEFAULT_BUDGET_PASSES, DEFAULT_MIN_BUDGET_SAMPLES
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -43,8 +57,24 @@ All arrays have the same length along the first axis. Example:
 EXIT_HELP = "Exit codes: 0 success, 1 failure, 2 bad usage, 130 interrupted."
 
 
+#: The search algorithms `autobatch.tune` knows (autobatch.search.tuner.TUNERS; a test keeps
+#: them equal). Spelled out here because importing the search pulls in keras_tuner.
+TUNERS = ("halving", "hyperband", "bayesian", "random", "grid")
+
+
 class UsageError(AutobatchError):
     """A command line that cannot mean anything (exit code 2)."""
+
+
+class CannotWriteError(AutobatchError):
+    """An output file or directory that cannot be written (exit code 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line naming the option, not usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,11 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse already printed the usage and the error
+    except SystemExit as exit_:  # --help or --version: argparse printed them
         return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
+    except UsageError as error:
+        report.error_line(str(error))
+        return EXIT_USAGE
     if args.command is None:
-        parser.print_usage(sys.stderr)
-        report.error_line("no command given; choose one of: probe, tune, report, devices, demo")
+        report.error_line("no command given; choose one of: probe, tune, report, devices, demo "
+                          "(see autobatch --help)")
         return EXIT_USAGE
     try:
         return args.run(args) or EXIT_OK
@@ -91,7 +124,7 @@ def _report_error(error: BaseException, debug: bool, *, unexpected: bool = False
 def build_parser() -> argparse.ArgumentParser:
     from autobatch import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autobatch",
         description="The largest batch that fits in memory, and the batch settings that train "
         "best, for a Keras model.",
@@ -101,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autobatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     common.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
 
@@ -121,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_and_data(probe)
     _memory_limit(probe)
     probe.add_argument("--margin", type=_margin, default=None, metavar="FRACTION",
-                       help="fraction of the free memory to leave unused (default 0.10 on host RAM, 0.05 on a GPU)")
+                       help="fraction of the free memory to leave unused (default "
+                       f"{HostMemory.default_margin:.2f} on host RAM, {MemoryBackend.default_margin:.2f} on a GPU)")
     probe.add_argument("--max-batch-size", type=_positive_int, default=None, metavar="N",
                        help="never try a batch above this (default: the number of samples)")
     probe.add_argument("--no-cache", action="store_true",
@@ -140,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="validation arrays (same names as --data); default: split --data")
     tune.add_argument("--validation-split", type=_fraction, default=None, metavar="FRACTION",
                       help="fraction of --data held out for validation when --validation-data "
-                      "is not given (default 0.2)")
-    tune.add_argument("--tuner", default=None, metavar="NAME",
+                      f"is not given (default {_tune_default('validation_split')})")
+    tune.add_argument("--tuner", default=None, metavar="NAME", choices=TUNERS,
                       help="search algorithm: halving (the default), hyperband, bayesian, random or grid")
     _memory_limit(tune)
     tune.add_argument("--probe", metavar="PROBE.json", type=Path, default=None,
@@ -151,9 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "probed limit, plus the limit)")
     tune.add_argument("--steps-per-epoch", type=_steps_list, default=None, metavar="S1,S2,...",
                       help="candidate steps_per_epoch: values up to 1 are fractions of a pass "
-                      "over the data, larger whole numbers are step counts (default: 0.25,0.5,1)")
+                      "over the data, larger whole numbers are step counts (default: "
+                      f"{','.join(f'{f:g}' for f in DEFAULT_EPOCH_FRACTIONS)})")
     tune.add_argument("--budget-samples", type=_positive_int, default=None, metavar="N",
-                      help="training samples per candidate (default: 10 passes over the data)")
+                      help=f"training samples per candidate (default: {DEFAULT_BUDGET_PASSES} passes "
+                      f"over the training data, and at least {DEFAULT_MIN_BUDGET_SAMPLES:,} samples so "
+                      "that small data can converge: pass a smaller N for a quicker search)")
     tune.add_argument("--max-trials", type=_positive_int, default=None, metavar="N",
                       help="at most this many candidates (default: depends on the tuner)")
     tune.add_argument("--directory", type=Path, default=None, metavar="DIR",
@@ -192,11 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write everything (default: ./autobatch_demo_output)")
     demo.add_argument("--memory-limit", type=_memory_size, default=None, metavar="SIZE",
                       help="memory limit for the probe, e.g. 2GiB or +512MiB (default on CPU: "
-                      "+384MiB, so that the limit, not the data size, decides; on a GPU: the "
-                      "GPU's memory)")
+                      f"+{HOST_HEADROOM}, so that the limit, not the data size, decides; on a GPU: "
+                      "the GPU's memory)")
     demo.add_argument("--no-cache", action="store_true", help="do not reuse a cached probe")
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _tune_default(name: str) -> Any:
+    """The default of one of `autobatch.tune`'s arguments, so that --help states it truly."""
+    import inspect
+
+    from autobatch.search.tune import tune
+
+    return inspect.signature(tune).parameters[name].default
 
 
 def _model_and_data(parser: argparse.ArgumentParser) -> None:
@@ -223,9 +269,12 @@ def _outputs(parser: argparse.ArgumentParser) -> None:
 
 def _memory_size(text: str) -> str:
     try:
-        parse_bytes(text.strip().removeprefix("+"), name="--memory-limit")
-    except InvalidArgumentError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        parse_bytes(text.strip().removeprefix("+"))
+    except InvalidArgumentError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a memory size; expected bytes or a size such as '6GiB', '512MiB' "
+            "or '2GB', or '+512MiB' for 512 MiB above what the process holds"
+        ) from None
     return text
 
 
@@ -254,14 +303,20 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        number = _float(text)  # "1e5" is a whole number too
+        if not math.isfinite(number) or number != int(number):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        value = int(number)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is below 1")
     return value
 
 
 def _int_list(text: str) -> list[int]:
-    return [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    values = [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one value, e.g. 32,64,128")
+    return values
 
 
 def _steps_list(text: str) -> list[int | float]:
@@ -284,6 +339,81 @@ def _steps_list(text: str) -> list[int | float]:
     return values
 
 
+# --- files named on the command line ---------------------------------------------------------
+# Checked before any work starts: a typo in --json must not cost a three-minute search.
+
+
+def check_output_file(value: str | Path | None, option: str) -> None:
+    """Fail now, naming ``option``, if ``value`` cannot be written later ('-' is stdout)."""
+    if value is None or str(value) == "-":
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise UsageError(f"{option} {value} is a directory; expected a file name, e.g. {path / 'result.json'}.")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {value}: the directory {parent} does not exist; create it first.")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{option} {value}: the directory {parent} is not writable.")
+
+
+def check_output_dir(value: Path | None, option: str) -> None:
+    """Fail now, naming ``option``, if the directory ``value`` cannot be created or written."""
+    if value is None:
+        return
+    if value.exists() and not value.is_dir():
+        raise UsageError(f"{option} {value} is a file; expected a directory (created if missing).")
+    existing = value
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {value}: cannot create it, {existing} is a file.")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"{option} {value}: cannot create or write it, {existing} is not writable.")
+
+
+def check_plots(value: Path | None, option: str = "--plots") -> None:
+    """``check_output_dir``, and matplotlib installed (the plots need it)."""
+    check_output_dir(value, option)
+    if value is not None and importlib.util.find_spec("matplotlib") is None:
+        raise MissingDependencyError(
+            f"{option} needs matplotlib, which is not installed. Install it with: "
+            'pip install "keras-autobatch[plots]" (or pip install matplotlib), or leave out '
+            f"{option}."
+        )
+
+
+@contextlib.contextmanager
+def _writing(option: str, path: Any) -> Iterator[None]:
+    """An OSError while writing ``path`` becomes one line naming ``option``."""
+    try:
+        yield
+    except OSError as error:
+        raise CannotWriteError(f"{option} {path}: cannot write it ({error.strerror or error}).") from error
+
+
+def load_result_file(path: Path, option: str) -> Any:
+    """A probe or tune result saved with --json, with errors that name ``option``."""
+    import json
+
+    from autobatch.results import load_result
+
+    if path.is_dir():
+        raise InvalidDataError(f"{option} {path} is a directory; expected a JSON file written by --json.")
+    if not path.is_file():
+        raise InvalidDataError(f"{option} {path}: no such file.")
+    expected = "Expected the file written by autobatch's --json option (or result.to_json(path))."
+    try:
+        return load_result(path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidDataError(f"{option} {path} is not a JSON file. {expected}") from error
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise InvalidDataError(
+            f"{option} {path} is not a result saved by autobatch ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:200]}). {expected}"
+        ) from error
+
+
 # --- loading the model and the data ----------------------------------------------------------
 
 
@@ -291,6 +421,8 @@ def load_npz(path: Path, *, option: str = "--data") -> tuple:
     """``(x, y)`` or ``(x, y, sample_weight)`` from an .npz file named as in `NPZ_HELP`."""
     import numpy as np
 
+    if path.is_dir():
+        raise InvalidDataError(f"{option} {path} is a directory; expected a .npz file.")
     if not path.is_file():
         raise InvalidDataError(f"{option} {path}: no such file.")
     try:
@@ -331,6 +463,8 @@ def _named(arrays: dict[str, Any], prefix: str, path: Path, option: str) -> Any:
 
 def load_model(path: Path) -> Any:
     """A compiled Keras model from a .keras file, with errors that say what to do."""
+    if path.is_dir():
+        raise InvalidModelError(f"MODEL {path} is a directory; expected a .keras file.")
     if not path.is_file():
         raise InvalidModelError(f"MODEL {path}: no such file.")
     import keras
@@ -343,14 +477,14 @@ def load_model(path: Path) -> Any:
             model = keras.saving.load_model(path)
     except Exception as error:  # noqa: BLE001 - Keras raises many kinds here
         raise InvalidModelError(
-            f"Cannot load a Keras model from {path} ({type(error).__name__}: "
+            f"MODEL {path}: cannot load a Keras model from it ({type(error).__name__}: "
             f"{' '.join(str(error).split())[:300]}). Expected a file written by "
             "model.save('model.keras'); custom layers must be importable and registered with "
             "@keras.saving.register_keras_serializable()."
         ) from error
     if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
         raise InvalidModelError(
-            f"{path} holds a model saved without compile(). Compile it before saving "
+            f"MODEL {path} holds a model saved without compile(). Compile it before saving "
             "(model.compile(optimizer=..., loss=...); model.save(...)) so the optimizer and "
             "loss are part of the file."
         )
@@ -363,6 +497,7 @@ def load_model(path: Path) -> Any:
 def _run_probe(args: argparse.Namespace) -> int:
     import autobatch
 
+    _check_outputs(args)
     _start_framework(args.debug)
     model = load_model(args.model)
     data = load_npz(args.data)
@@ -376,7 +511,8 @@ def _run_probe(args: argparse.Namespace) -> int:
         options["max_batch_size"] = args.max_batch_size
     if args.no_cache:
         options["use_cache"] = False
-    result = autobatch.probe(model, data, **options)
+    with _in_option_terms(args):
+        result = autobatch.probe(model, data, **options)
     _write_outputs(result, args)
     return EXIT_OK
 
@@ -386,16 +522,23 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     if args.validation_data is not None and args.validation_split is not None:
         raise UsageError("--validation-data and --validation-split exclude each other; pass one.")
+    _check_outputs(args)
+    check_output_dir(args.directory, "--directory")
+    probe = None
+    if args.probe is not None:  # before TensorFlow starts: a wrong file fails in a blink
+        probe = load_result_file(args.probe, "--probe")
+        if not isinstance(probe, autobatch.ProbeResult):
+            raise InvalidDataError(
+                f"--probe {args.probe} holds a tune result, not a probe result; pass the file "
+                "written by autobatch probe --json."
+            )
     _start_framework(args.debug)
     model = load_model(args.model)
     data = load_npz(args.data)
     options: dict[str, Any] = {"verbose": 0 if args.quiet else 1}
     if args.validation_data is not None:
         options["validation_data"] = load_npz(args.validation_data, option="--validation-data")
-    if args.probe is not None:
-        probe = autobatch.load_result(args.probe)
-        if not isinstance(probe, autobatch.ProbeResult):
-            raise InvalidDataError(f"--probe {args.probe} holds a tune result, not a probe result.")
+    if probe is not None:
         options["probe"] = probe
     if args.memory_limit is not None:
         from autobatch.memory import detect_memory
@@ -414,28 +557,19 @@ def _run_tune(args: argparse.Namespace) -> int:
     options.update({name: value for name, value in given.items() if value is not None})
     if args.overwrite:
         options["overwrite"] = True
-    result = autobatch.tune(model, data, **options)
+    with _in_option_terms(args):
+        result = autobatch.tune(model, data, **options)
     _write_outputs(result, args)
     return EXIT_OK
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    import json
-
-    from autobatch.results import load_result
-
-    if not args.result.is_file():
-        raise InvalidDataError(f"RESULT {args.result}: no such file.")
-    try:
-        result = load_result(args.result)
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
-        raise InvalidDataError(
-            f"{args.result} is not a result saved by autobatch ({type(error).__name__}: {error}). "
-            "Expected the file written by --json or result.to_json(path)."
-        ) from error
+    check_plots(args.plots)
+    result = load_result_file(args.result, "RESULT")
     report.show_result(result)
     if args.plots is not None:
-        report.show_paths("plots", result.plot(args.plots))
+        with _writing("--plots", args.plots):
+            report.show_paths("plots", result.plot(args.plots))
     return EXIT_OK
 
 
@@ -444,6 +578,7 @@ def _run_devices(args: argparse.Namespace) -> int:
 
     from autobatch.devices import inspect_devices
 
+    check_output_file(args.json, "--json")
     _start_framework(args.debug)
     info = inspect_devices()
     to_stdout = args.json == "-"
@@ -454,21 +589,68 @@ def _run_devices(args: argparse.Namespace) -> int:
         if to_stdout:
             report.write_text(text)
         else:
-            Path(args.json).write_text(text + "\n", encoding="utf-8")
+            with _writing("--json", args.json):
+                Path(args.json).write_text(text + "\n", encoding="utf-8")
     return EXIT_OK
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from autobatch import demo
 
+    check_plots(args.output_dir, "--output-dir")  # the demo always draws its plots
     _start_framework(args.debug)
-    demo.run(
-        args.output_dir,
-        memory_limit=args.memory_limit,
-        use_cache=not args.no_cache,
-        verbose=0 if args.quiet else 1,
-    )
+    with _writing("--output-dir", args.output_dir), _in_option_terms(args):
+        demo.run(
+            args.output_dir,
+            memory_limit=args.memory_limit,
+            use_cache=not args.no_cache,
+            verbose=0 if args.quiet else 1,
+        )
     return EXIT_OK
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    check_output_file(args.json, "--json")
+    check_plots(args.plots)
+
+
+# The options that become `probe`/`tune` arguments, by the argument's Python name.
+_OPTIONS = {
+    "memory_limit": "--memory-limit", "margin": "--margin", "max_batch_size": "--max-batch-size",
+    "validation_split": "--validation-split", "tuner": "--tuner", "batch_sizes": "--batch-sizes",
+    "steps_per_epoch": "--steps-per-epoch", "budget_samples": "--budget-samples",
+    "max_trials": "--max-trials", "directory": "--directory",
+}
+
+
+@contextlib.contextmanager
+def _in_option_terms(args: argparse.Namespace) -> Iterator[None]:
+    """Errors of the Python API, reworded for the command line: the option, not the argument.
+
+    ``max_batch_size=0; expected ...`` becomes ``--max-batch-size 0; expected ...``; a data
+    or model error names the file it came from.
+    """
+    try:
+        yield
+    except InvalidArgumentError as error:
+        message = str(error)
+        for name, option in _OPTIONS.items():
+            message = re.sub(rf"\bleave {name}=None\b", f"leave out {option}", message)
+            message = re.sub(rf"(?<![\w-]){name}=", f"{option} ", message)
+        if message == str(error):  # no option named: it came from the command line all the same
+            raise
+        raise UsageError(message) from error
+    except InvalidModelError as error:
+        if getattr(args, "model", None) is None:
+            raise
+        raise InvalidModelError(f"MODEL {args.model}: {error}") from error
+    except InvalidDataError as error:
+        files = [f"--data {args.data}"] if getattr(args, "data", None) else []
+        if getattr(args, "validation_data", None) is not None:
+            files.append(f"--validation-data {args.validation_data}")
+        if not files:
+            raise
+        raise InvalidDataError(f"{' or '.join(files)}: {error}") from error
 
 
 def _write_outputs(result: Any, args: argparse.Namespace) -> None:
@@ -484,9 +666,11 @@ def _write_outputs(result: Any, args: argparse.Namespace) -> None:
         if to_stdout:
             report.write_text(result.to_json())
         else:
-            result.to_json(args.json)
+            with _writing("--json", args.json):
+                result.to_json(args.json)
     if args.plots is not None:
-        paths = result.plot(args.plots)
+        with _writing("--plots", args.plots):
+            paths = result.plot(args.plots)
         if not args.quiet:
             report.show_paths("plots", paths, console=console)
     if args.json not in (None, "-") and not args.quiet:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import sys
-from typing import Any
+from typing import Any, overload
 
 __all__ = ["inspect_devices", "resolve_memory_limit"]
 
@@ -79,6 +79,14 @@ def _framework_gpus() -> dict[str, list[str]]:
 
 def _installed(module: str) -> bool:
     return module in sys.modules or importlib.util.find_spec(module) is not None
+
+
+@overload
+def resolve_memory_limit(value: None) -> None: ...
+
+
+@overload
+def resolve_memory_limit(value: int | str) -> int | str: ...
 
 
 def resolve_memory_limit(value: int | str | None) -> int | str | None:

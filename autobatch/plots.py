@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autobatch._units import format_bytes
 from autobatch.errors import MissingDependencyError
-from autobatch.results import ProbeResult, TuneResult, TuneTrial
+
+if TYPE_CHECKING:  # only names: results.plot() imports this module, so no runtime import back
+    from autobatch.results import ProbeResult, TuneResult, TuneTrial
 
 #: How many of the best candidates get a learning curve.
 NUM_CURVES = 5
@@ -204,6 +206,10 @@ def _ranked(trials: list[TuneTrial]) -> list[TuneTrial]:
     return sorted((t for t in trials if _has_loss(t)), key=lambda t: t.val_loss)  # type: ignore[arg-type,return-value]
 
 
+def _is_chosen(trial: TuneTrial, result: TuneResult) -> bool:
+    return (trial.batch_size, trial.steps_per_epoch) == (result.batch_size, result.steps_per_epoch)
+
+
 def _has_loss(trial: TuneTrial) -> bool:
     return trial.val_loss is not None and math.isfinite(trial.val_loss)
 
@@ -269,14 +275,17 @@ def _tune_val_loss(figure_class: Any, result: TuneResult) -> Any:
     rows = sorted({row for _, row in cells})
     scored = {cell: t for cell, t in cells.items() if _has_loss(t)}
     if scored:
-        losses = [t.val_loss for t in scored.values()]
+        losses = [t.val_loss for t in scored.values() if t.val_loss is not None]  # all of them
         points = axes.scatter(
             [columns.index(b) for b, _ in scored], [rows.index(r) for _, r in scored],
             c=losses, cmap="viridis_r", marker="s", s=_cell_area(len(columns), len(rows)),
             norm=_loss_norm(losses), zorder=2,
         )
         figure.colorbar(points, ax=axes, label="best validation loss (lower is better)")
-        best_cell = min(scored, key=lambda cell: scored[cell].val_loss)  # type: ignore[arg-type,return-value]
+        # The cell of the result's own choice: among equal losses the search's tie-break decides.
+        chosen = [cell for cell, t in scored.items() if _is_chosen(t, result)]
+        best_cell = chosen[0] if chosen else min(
+            scored, key=lambda cell: scored[cell].val_loss)  # type: ignore[arg-type,return-value]
         for (batch, row), trial in scored.items():
             best = (batch, row) == best_cell
             axes.annotate(
@@ -301,12 +310,12 @@ def _tune_val_loss(figure_class: Any, result: TuneResult) -> Any:
     axes.set_xlabel("batch size")
     axes.set_ylabel(row_label)
     budget = "" if result.budget_samples is None else f", up to {result.budget_samples:,} samples each"
-    best = (
+    best_label = (
         f"best: batch {result.batch_size} x {result.steps_per_epoch} steps (red box)"
         if scored else "no candidate finished"
     )
     axes.set_title(
-        f"Validation loss per candidate ({result.tuner}{budget})\n{best}", fontsize=10
+        f"Validation loss per candidate ({result.tuner}{budget})\n{best_label}", fontsize=10
     )
     return figure
 
@@ -317,7 +326,8 @@ def _tune_curves(figure_class: Any, result: TuneResult) -> Any:
     axes = figure.add_subplot()
     _, row_of = _epoch_axis(result.trials)
     distinct = _best_per_cell(result.trials, row_of).values()
-    best = [t for t in _ranked(list(distinct)) if t.val_loss_history][:NUM_CURVES]
+    ranked = sorted(_ranked(list(distinct)), key=lambda t: not _is_chosen(t, result))  # chosen first
+    best = [t for t in ranked if t.val_loss_history][:NUM_CURVES]
     for rank, trial in enumerate(best):
         per_epoch = trial.batch_size * trial.steps_per_epoch
         samples = [per_epoch * (epoch + 1) for epoch in range(len(trial.val_loss_history))]

@@ -8,25 +8,44 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import traceback
 from typing import Any
 
 from autobatch._units import format_bytes
 from autobatch.results import ProbeResult, ProbeTrial
 
+#: The width of output that is not a terminal (a file, a pipe, a CI log): wide enough that no
+#: line is ever broken, so a suggested command can be copied back whole.
+UNWRAPPED_WIDTH = 10_000
+
 
 def _console(stderr: bool = True) -> Any:
+    """A rich console: the terminal's width on a terminal, lines never wrapped elsewhere."""
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    console = Console(stderr=stderr)
+    if not console.is_terminal and not console.is_jupyter:
+        console = Console(stderr=stderr, soft_wrap=True, width=UNWRAPPED_WIDTH)
+    return console
+
+
+def _is_live(console: Any) -> bool:
+    """True where a live display can redraw itself: a terminal or a notebook."""
+    return bool(console.is_terminal or console.is_jupyter)
 
 
 class _Silent:
+    """The progress display for ``verbose=0``: every hook does nothing."""
+
     def __enter__(self) -> _Silent:
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+    def trial_started(self, batch_size: int, steps_per_epoch: int | None = None) -> None:
+        pass
 
     def trial_done(self, trial: Any) -> None:
         pass
@@ -38,28 +57,110 @@ class _Silent:
         pass
 
 
-class _ProbeProgress(_Silent):
-    """One line per probe trial as it ends, under a spinner while a trial runs."""
+class _Progress(_Silent):
+    """Lines as trials end; on a terminal, under a live bar with the elapsed (and, when the
+    number of trials is known, the remaining) time. Elsewhere the lines alone, each with the
+    time so far, since a log file cannot redraw a bar."""
 
-    def __init__(self) -> None:
-        self.console = _console()
-        self.status: Any = None
+    label = "working"
 
-    def __enter__(self) -> _ProbeProgress:
-        self.status = self.console.status("probing: first trial...")
-        self.status.__enter__()
+    def __init__(self, total: int | None = None, console: Any = None) -> None:
+        self.console = console or _console()
+        self.total = total
+        self.num_started = 0
+        self.num_done = 0
+        self.began = time.monotonic()
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> _Progress:
+        self.began = time.monotonic()
+        if _is_live(self.console):
+            from rich.errors import LiveError
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+            if self.total is not None:
+                columns += [BarColumn(), MofNCompleteColumn(), TextColumn("remaining"),
+                            TimeRemainingColumn()]
+            columns += [TextColumn("elapsed"), TimeElapsedColumn()]
+            self.bar = Progress(*columns, console=self.console, transient=True)
+            try:
+                self.bar.start()
+            except LiveError:  # the caller shows a live display of their own: plain lines then
+                self.bar = None
+                return self
+            self.task = self.bar.add_task(f"{self.label}...", total=self.total)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.status.__exit__(*exc)
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def _started(self, description: str) -> None:
+        self.num_started += 1
+        if self.bar is not None:
+            self.bar.update(self.task, description=description)
+
+    def _done(self, line: str) -> None:
+        self.num_done += 1
+        if self.total is not None and self.num_done > self.total:
+            self.total = None  # more than expected (a HyperModel's own space): stop guessing
+            if self.bar is not None:
+                self.bar.update(self.task, total=None)
+        if self.bar is not None:
+            self.bar.advance(self.task)
+        else:
+            line += f"  [dim]({self._times()})[/]"
+        self.console.print(line, highlight=False)
+
+    def _times(self) -> str:
+        elapsed = time.monotonic() - self.began
+        text = f"{_clock(elapsed)} elapsed"
+        if self.total is not None:
+            text = f"{self.num_done}/{self.total} done, {text}"
+            if 0 < self.num_done < self.total:
+                left = elapsed / self.num_done * (self.total - self.num_done)
+                text += f", about {_clock(left)} left"
+        return text
+
+
+def _escape(text: Any) -> str:
+    """Text from elsewhere (an exception's message) shown as is, never read as rich markup."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+class _ProbeProgress(_Progress):
+    """A line per probe trial; how many trials a probe needs is not known in advance."""
+
+    label = "probing"
+
+    def trial_started(self, batch_size: int, steps_per_epoch: int | None = None) -> None:
+        self._started(f"probing: trial {self.num_started + 1}, batch {batch_size:,}")
 
     def trial_done(self, trial: ProbeTrial) -> None:
-        verdict = "[green]fits[/]" if trial.fits else f"[red]{trial.error}[/]"
+        verdict = "[green]fits[/]" if trial.fits else f"[red]{_escape(trial.error)}[/]"
         speed = f", {trial.samples_per_second:,.0f} samples/s" if trial.samples_per_second else ""
-        self.console.print(
+        self._done(
             f"  batch {trial.batch_size:>7}: peak {format_bytes(trial.peak_bytes)}{speed} -> {verdict}"
         )
-        self.status.update(f"probing: {trial.batch_size} done, next trial...")
 
     def verification_done(self, verification: Any) -> None:
         verdict = "[green]fits[/]" if verification.fits else f"[red]{verification.error}[/]"
@@ -72,9 +173,13 @@ class _ProbeProgress(_Silent):
         self.console.print(probe_summary(result))
 
 
-def probe_progress(verbose: int) -> _Silent:
-    """The progress display of a probe: silent for verbose=0."""
-    return _ProbeProgress() if verbose else _Silent()
+def probe_progress(verbose: int, *, console: Any = None) -> _Silent:
+    """The progress display of a probe: silent for verbose=0.
+
+    The probe calls ``trial_started(batch_size)`` and ``trial_done(trial)`` for each trial
+    and ``done(result)`` at the end, inside ``with progress:``.
+    """
+    return _ProbeProgress(console=console) if verbose else _Silent()
 
 
 def probe_summary(result: ProbeResult) -> str:
@@ -150,7 +255,7 @@ def probe_table(result: ProbeResult) -> Any:
         if trial.fits:
             verdict = "[green]yes, chosen[/]" if chosen else "[green]yes[/]"
         else:
-            verdict = f"[red]no: {_SHORT_ERRORS.get(trial.error or '', trial.error)}[/]"
+            verdict = f"[red]no: {_escape(_SHORT_ERRORS.get(trial.error or '', trial.error))}[/]"
         share = "-" if trial.peak_bytes is None else f"{100 * trial.peak_bytes / result.limit_bytes:.0f}%"
         table.add_row(
             f"{trial.batch_size:,}",
@@ -187,7 +292,7 @@ def tune_table(result: Any) -> Any:
     """
     from rich.table import Table
 
-    candidates = distinct_candidates(result.trials)
+    candidates = _chosen_first(result, distinct_candidates(result.trials))
     extra = _other_hyperparameter_names(result.trials)
     table = Table(
         title=f"Search: {len(candidates)} candidates, {len(result.trials)} trials ({result.tuner})",
@@ -200,7 +305,7 @@ def tune_table(result: Any) -> Any:
     for trial in candidates:
         scored = _has_loss(trial)
         best = scored and trial is candidates[0]
-        status = trial.status if trial.error is None else f"{trial.status}: {trial.error}"
+        status = _escape(trial.status if trial.error is None else f"{trial.status}: {trial.error}")
         table.add_row(
             f"{trial.batch_size:,}",
             f"{trial.steps_per_epoch:,}",
@@ -228,7 +333,7 @@ def distinct_candidates(trials: list[Any]) -> list[Any]:
 
 def tune_summary(result: Any) -> str:
     """One paragraph: the settings to train with, why, and the memory headroom at that batch."""
-    candidates = distinct_candidates(result.trials)
+    candidates = _chosen_first(result, distinct_candidates(result.trials))
     ranked = [t for t in candidates if _has_loss(t)]
     num_failed = len(candidates) - len(ranked)
     budget = (
@@ -378,6 +483,17 @@ def _candidate_key(trial: Any) -> tuple:
     return (trial.batch_size, trial.steps_per_epoch, tuple(sorted((k, repr(v)) for k, v in own.items())))
 
 
+def _chosen_first(result: Any, candidates: list[Any]) -> list[Any]:
+    """``candidates`` with the one the result chose first: among equal losses the search's
+    own tie-break decides, and the table, the summary and the plots must name the same one."""
+    own = {k: v for k, v in result.hyperparameters.items() if not k.startswith("tuner/")}
+    key = (result.batch_size, result.steps_per_epoch, tuple(sorted((k, repr(v)) for k, v in own.items())))
+    chosen = next((t for t in candidates if _has_loss(t) and _candidate_key(t) == key), None)
+    if chosen is None:  # a result written by hand or by an older version: the ranking decides
+        return candidates
+    return [chosen] + [t for t in candidates if t is not chosen]
+
+
 def _other_hyperparameter_names(trials: list[Any]) -> list[str]:
     """A HyperModel's own hyperparameters (units, learning rate, ...), for extra columns."""
     names = {
@@ -457,41 +573,42 @@ def _seconds(value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 10 else f"{value:.1f} s"
 
 
-class _TuneProgress(_Silent):
-    """One line per search candidate as it ends, under a spinner while one trains."""
+class _TuneProgress(_Progress):
+    """A line per search candidate as it ends; the bar counts trials against the expected
+    number (when the tuner's schedule tells it), so the remaining time is an estimate."""
 
-    def __init__(self) -> None:
-        self.console = _console()
-        self.status: Any = None
-        self.number = 0
+    label = "tuning"
 
-    def __enter__(self) -> _TuneProgress:
-        self.status = self.console.status("tuning: first candidate...")
-        self.status.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.status.__exit__(*exc)
+    def trial_started(self, batch_size: int, steps_per_epoch: int | None = None) -> None:
+        of_total = "" if self.total is None else f"/{self.total}"
+        self._started(
+            f"tuning: candidate {self.num_started + 1}{of_total}, batch {batch_size:,} x "
+            f"{steps_per_epoch} steps/epoch"
+        )
 
     def trial_done(self, trial: Any) -> None:
-        self.number += 1
         if trial.status == "failed":
-            verdict = f"[red]failed: {trial.error}[/]"
+            verdict = f"[red]failed: {_escape(trial.error)}[/]"
         else:
             verdict = (
                 f"val_loss {trial.val_loss:.4f} at epoch {trial.best_epoch} "
                 f"({trial.status}, {trial.samples_seen:,} samples, {trial.seconds:.1f} s)"
             )
-        self.console.print(
-            f"  candidate {self.number:>3}: batch {trial.batch_size:>6} x "
+        self._done(
+            f"  candidate {self.num_done + 1:>3}: batch {trial.batch_size:>6} x "
             f"{trial.steps_per_epoch:>5} steps/epoch -> {verdict}"
         )
-        self.status.update(f"tuning: {self.number} candidates done, next...")
 
     def done(self, result: Any) -> None:
         self.console.print(tune_summary(result))
 
 
-def tune_progress(verbose: int) -> _Silent:
-    """The progress display of a search: silent for verbose=0."""
-    return _TuneProgress() if verbose else _Silent()
+def tune_progress(verbose: int, total: int | None = None, *, console: Any = None) -> _Silent:
+    """The progress display of a search: silent for verbose=0.
+
+    ``total`` is the number of trials the search expects to run (None when unknown). The
+    search calls ``trial_started(batch_size, steps_per_epoch)`` when a candidate starts
+    training, ``trial_done(trial)`` with its `TuneTrial` when it ends, and ``done(result)``
+    at the end, inside ``with progress:``.
+    """
+    return _TuneProgress(total, console=console) if verbose else _Silent()

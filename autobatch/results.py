@@ -2,8 +2,9 @@
 
 These are the contract with pipelines that store results, so fields are only ever added.
 ``from_dict`` ignores keys it does not know, so a result written by a newer autobatch
-still loads in an older one. This module imports nothing else of autobatch's except
-(lazily) the report module for ``plot()``.
+still loads in an older one. This module sits at the bottom of autobatch's imports: it
+imports nothing else of autobatch's except, inside ``plot()``, the plots module, which in
+turn names these classes only for type checkers.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class ProbeResult(_JsonMixin):
     device: str
     """What was measured, e.g. "CPU (host RAM)", "GPU:0"."""
     memory_source: str
-    """How peaks were measured, e.g. "process peak RSS (VmHWM), file-backed pages excluded", "tensorflow allocator peak"."""
+    """How peaks were measured, e.g. "process peak RSS (VmHWM), file-backed pages excluded",
+    "tensorflow allocator peak"."""
     bytes_per_sample: float | None
     """Slope of the fitted memory model: peak = fixed_bytes + bytes_per_sample * batch_size."""
     fixed_bytes: float | None
@@ -171,9 +173,9 @@ class ProbeResult(_JsonMixin):
 
     def plot(self, directory: str | Path) -> list[Path]:
         """Write PNG plots of this probe to ``directory``; needs matplotlib."""
-        from autobatch import report
+        from autobatch import plots
 
-        return report.plot_probe(self, directory)
+        return plots.plot_probe(self, directory)
 
 
 @dataclass(frozen=True)
@@ -266,9 +268,9 @@ class TuneResult(_JsonMixin):
 
     def plot(self, directory: str | Path) -> list[Path]:
         """Write PNG plots of this search (and its probe) to ``directory``; needs matplotlib."""
-        from autobatch import report
+        from autobatch import plots
 
-        return report.plot_tune(self, directory)
+        return plots.plot_tune(self, directory)
 
 
 def load_result(path: str | Path) -> ProbeResult | TuneResult:

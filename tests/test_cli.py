@@ -294,6 +294,23 @@ def test_demo_writes_everything_the_readme_promises(files, tmp_path, monkeypatch
     assert isinstance(load_result(output / "tune.json"), TuneResult)
 
 
+def test_the_demos_suggested_command_is_one_unbroken_line_in_a_log(capsys, tmp_path, monkeypatch):
+    # Output that is not a terminal (capsys, a pipe, a CI log) must not wrap at 80 columns:
+    # a command split mid-argument cannot be pasted back.
+    monkeypatch.setattr(demo, "NUM_SAMPLES", 200)
+    monkeypatch.setattr(demo, "BATCH_SIZES", (16,))
+    monkeypatch.setattr(demo, "STEPS_FRACTIONS", (1.0,))
+    monkeypatch.setattr(demo, "BUDGET_PASSES", 1)
+    output = tmp_path / ("a_rather_long_directory_name_" * 3) / "demo"
+    assert run("demo", "--output-dir", output) == 0
+    out, err = capsys.readouterr()
+    command = f"  autobatch probe {output / 'model.keras'} --data {output / 'data.npz'}"
+    assert any(line.startswith(command) and line.endswith("--plots plots/")
+               for line in out.splitlines()), out
+    assert max(len(line) for line in out.splitlines()) > 80
+    assert "elapsed" in err  # the progress lines, plain, with the time so far
+
+
 def test_python_dash_m_runs_end_to_end_without_tensorflow_noise(files, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["AUTOBATCH_CACHE_DIR"] = str(tmp_path / "cache")
@@ -307,3 +324,181 @@ def test_python_dash_m_runs_end_to_end_without_tensorflow_noise(files, tmp_path)
     assert "Probe: CPU (host RAM)" in completed.stdout
     assert "absl::InitializeLog" not in completed.stderr and "oneDNN" not in completed.stderr
     assert load_result(tmp_path / "p.json").max_batch_size == 16
+
+
+# --- every error is one line naming the option at fault ------------------------------------------
+
+
+def _one_line_naming(capsys, option):
+    err = capsys.readouterr().err
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith("autobatch: error: "), err
+    assert option in lines[0], err
+    assert "Traceback" not in err and "Errno" not in err
+    return lines[0]
+
+
+BAD_VALUES = [
+    # (case id, argv after "MODEL --data DATA" of the command, option named, message)
+    ("probe", ["--memory-limit", "6 gigs"], "--memory-limit", "'6GiB'"),
+    ("probe", ["--margin", "1.5"], "--margin", r"outside \[0, 1\)"),
+    ("probe", ["--margin", "abc"], "--margin", "not a number"),
+    ("probe", ["--max-batch-size", "0"], "--max-batch-size", "below 1"),
+    ("probe", ["--frobnicate"], "--frobnicate", "unrecognized"),
+    ("tune", ["--tuner", "nosuch"], "--tuner", "'halving', 'hyperband'"),
+    ("tune", ["--batch-sizes", ","], "--batch-sizes", "at least one value"),
+    ("tune", ["--budget-samples", "1.5"], "--budget-samples", "not a whole number"),
+    ("tune", ["--steps-per-epoch", "2.5"], "--steps-per-epoch", "whole step counts"),
+    ("tune", ["--validation-split", "2"], "--validation-split", "not a fraction"),
+]
+
+
+@pytest.mark.parametrize("command, extra, option, message", BAD_VALUES,
+                         ids=[f"{c[0]} {c[1][0]} {c[1][1] if len(c[1]) > 1 else ''}" for c in BAD_VALUES])
+def test_a_bad_value_is_one_line_naming_its_option(capsys, files, command, extra, option, message):
+    assert run(command, files / "model.keras", "--data", files / "data.npz", *extra) == 2
+    assert __import__("re").search(message, _one_line_naming(capsys, option))
+
+
+def test_a_missing_required_option_and_a_missing_command_are_one_line(capsys, files):
+    assert run("probe", files / "model.keras") == 2
+    _one_line_naming(capsys, "--data")
+    assert run() == 2
+    _one_line_naming(capsys, "choose one of: probe, tune")
+    assert run("frobnicate") == 2
+    _one_line_naming(capsys, "'frobnicate'")
+
+
+def _bad_file(kind, tmp_path, files):
+    """A path of the given kind: missing, a directory, an .npz where JSON belongs, ..."""
+    if kind == "missing":
+        return tmp_path / "nosuch.json"
+    if kind == "directory":
+        return tmp_path
+    if kind == "npz":
+        return files / "data.npz"
+    if kind == "other json":
+        (tmp_path / "other.json").write_text('{"hello": 1}')
+        return tmp_path / "other.json"
+    if kind == "tune result":
+        result = TuneResult(batch_size=16, steps_per_epoch=4, epochs=2, val_loss=0.1, trials=[],
+                            probe=None, tuner="grid", budget_samples=None)
+        result.to_json(tmp_path / "tune.json")
+        return tmp_path / "tune.json"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [("missing", "no such file"), ("directory", "is a directory"), ("npz", "is not a JSON file"),
+     ("other json", "not a result saved by autobatch"), ("tune result", "holds a tune result")],
+)
+def test_a_bad_probe_file_is_one_line_naming_probe(capsys, files, tmp_path, monkeypatch, kind, message):
+    monkeypatch.setattr(autobatch, "tune", _must_not_run)
+    path = _bad_file(kind, tmp_path, files)
+    assert run("tune", files / "model.keras", "--data", files / "data.npz", "--probe", path) == 1
+    assert message in _one_line_naming(capsys, f"--probe {path}")
+
+
+@pytest.mark.parametrize("kind, message", [("missing", "no such file"), ("npz", "is not a JSON file"),
+                                           ("directory", "is a directory")])
+def test_a_bad_result_file_for_report_is_one_line(capsys, files, tmp_path, kind, message):
+    path = _bad_file(kind, tmp_path, files)
+    assert run("report", path) == 1
+    assert message in _one_line_naming(capsys, f"RESULT {path}")
+
+
+def test_a_directory_as_model_or_data_is_one_line(capsys, files, tmp_path):
+    assert run("probe", tmp_path, "--data", files / "data.npz") == 1
+    assert "is a directory" in _one_line_naming(capsys, f"MODEL {tmp_path}")
+    assert run("probe", files / "model.keras", "--data", tmp_path) == 1
+    assert "is a directory" in _one_line_naming(capsys, f"--data {tmp_path}")
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the work started although an output cannot be written")
+
+
+@pytest.mark.parametrize(
+    "command, option, target, message",
+    [
+        ("probe", "--json", "no_dir/p.json", "does not exist"),
+        ("probe", "--json", ".", "is a directory"),
+        ("probe", "--plots", "file.txt", "is a file"),
+        ("probe", "--plots", "file.txt/plots", "cannot create it"),
+        ("tune", "--json", "no_dir/t.json", "does not exist"),
+        ("tune", "--directory", "file.txt", "is a file"),
+    ],
+)
+def test_an_unwritable_output_fails_before_any_work(capsys, files, tmp_path, monkeypatch,
+                                                     command, option, target, message):
+    monkeypatch.setattr(autobatch, "probe", _must_not_run)
+    monkeypatch.setattr(autobatch, "tune", _must_not_run)
+    (tmp_path / "file.txt").write_text("not a directory")
+    path = tmp_path / target
+    assert run(command, files / "model.keras", "--data", files / "data.npz", option, path) == 2
+    assert message in _one_line_naming(capsys, f"{option} {path}")
+
+
+def test_unwritable_outputs_of_devices_and_demo_are_one_line(capsys, tmp_path):
+    (tmp_path / "file.txt").write_text("not a directory")
+    assert run("devices", "--json", tmp_path / "no_dir" / "d.json") == 2
+    _one_line_naming(capsys, "--json")
+    assert run("demo", "--output-dir", tmp_path / "file.txt") == 2
+    _one_line_naming(capsys, "--output-dir")
+
+
+def test_a_write_that_fails_at_the_end_names_the_option(capsys, files, tmp_path, monkeypatch):
+    def denied(self, path=None, **kwargs):
+        if path is not None:
+            raise PermissionError(13, "Permission denied")
+        return "{}"
+
+    monkeypatch.setattr(ProbeResult, "to_json", denied)
+    target = tmp_path / "p.json"
+    assert run("probe", files / "model.keras", "--data", files / "data.npz", "-q", "--json", target) == 1
+    assert "cannot write it (Permission denied)" in _one_line_naming(capsys, f"--json {target}")
+
+
+def test_an_api_argument_error_is_reworded_with_the_option(capsys, files, tmp_path):
+    code = run("tune", files / "model.keras", "--data", files / "data.npz", "-q",
+               "--batch-sizes", "100000", "--directory", tmp_path / "search")
+    assert code == 2
+    line = _one_line_naming(capsys, "--batch-sizes")
+    assert "batch_sizes=" not in line and "leave out --batch-sizes" in line
+
+
+def test_tune_help_states_the_real_default_budget(capsys):
+    from autobatch.search.tune import DEFAULT_BUDGET_PASSES, DEFAULT_MIN_BUDGET_SAMPLES
+
+    assert run("tune", "--help") == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{DEFAULT_BUDGET_PASSES} passes" in text
+    assert f"at least {DEFAULT_MIN_BUDGET_SAMPLES:,} samples" in text
+
+
+def test_help_texts_state_the_defaults_the_code_uses(capsys):
+    import inspect
+
+    from autobatch.memory.base import MemoryBackend
+    from autobatch.memory.host import HostMemory
+    from autobatch.search.space import DEFAULT_EPOCH_FRACTIONS
+
+    def help_of(*command):
+        assert run(*command, "--help") == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    probe_help, tune_help, demo_help = help_of("probe"), help_of("tune"), help_of("demo")
+    assert (f"default {HostMemory.default_margin:.2f} on host RAM, "
+            f"{MemoryBackend.default_margin:.2f} on a GPU") in probe_help
+    split = inspect.signature(autobatch.tune).parameters["validation_split"].default
+    assert f"(default {split})" in tune_help
+    assert "(default: " + ",".join(f"{f:g}" for f in DEFAULT_EPOCH_FRACTIONS) + ")" in tune_help
+    assert f"default on CPU: +{demo.HOST_HEADROOM}" in demo_help
+
+
+def test_the_cli_offers_exactly_the_tuners_the_search_knows():
+    from autobatch.search.tuner import TUNERS
+
+    assert cli.TUNERS == TUNERS

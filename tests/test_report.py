@@ -192,3 +192,126 @@ def test_an_answer_between_two_trials_is_shown_as_predicted():
     assert "not run itself" in text
     summary = report.probe_summary(result)
     assert "between batch 300 (peak 7.00 GiB) and batch 340 (peak 7.80 GiB" in summary
+
+
+# --- output that is not a terminal, and live progress on one ---------------------------------------
+
+
+def test_output_that_is_not_a_terminal_is_never_wrapped(capsys):
+    command = "autobatch probe " + "/a/long/directory" * 8 + "/model.keras --data data.npz --json probe.json"
+    report.show_message("Try the command line on the same files:\n  " + command)
+    report.show_result(tune_result(trials=[
+        tune_trial(16, 80, None, status="failed", error="out of memory " + "x" * 150),
+    ]))
+    out = capsys.readouterr().out
+    assert "  " + command in out.splitlines()  # whole, on one line
+    assert any("out of memory " + "x" * 150 in line for line in out.splitlines())  # a table cell too
+
+
+def terminal():
+    import io
+
+    return Console(force_terminal=True, file=io.StringIO(), width=120, color_system=None)
+
+
+def test_tune_progress_on_a_terminal_shows_a_bar_with_elapsed_and_remaining_time():
+    console = terminal()
+    with report.tune_progress(1, total=4, console=console) as progress:
+        for batch in (16, 32):
+            progress.trial_started(batch, 80)
+            __import__("time").sleep(0.02)  # two samples apart in time give rich a speed
+            progress.trial_done(tune_trial(batch, 80, 0.5))
+        progress.trial_started(64, 40)
+        progress.bar.refresh()
+        screen = console.file.getvalue()
+    assert "candidate 3/4, batch 64 x 40 steps/epoch" in screen
+    assert "2/4" in screen
+    assert __import__("re").search(r"remaining\s+\d:\d\d:\d\d\s+elapsed\s+\d:\d\d:\d\d", screen), screen
+    assert "candidate   2: batch     32" in screen  # the finished ones are lines above the bar
+
+
+def test_probe_progress_on_a_terminal_shows_the_trial_and_elapsed_time():
+    console = terminal()
+    result = probe_result()
+    with report.probe_progress(1, console=console) as progress:
+        progress.trial_started(8)
+        progress.trial_done(result.trials[0])
+        progress.trial_started(300)
+        progress.bar.refresh()
+        screen = console.file.getvalue()
+    assert "probing: trial 2, batch 300" in screen
+    assert __import__("re").search(r"elapsed\s+\d:\d\d:\d\d", screen)
+
+
+def test_tune_progress_elsewhere_is_plain_lines_with_the_time_so_far_and_left(capsys):
+    with report.tune_progress(1, total=3) as progress:
+        progress.trial_started(16, 80)
+        progress.trial_done(tune_trial(16, 80, 0.31))
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "candidate" in line)
+    assert __import__("re").search(r"\(1/3 done, 0:00:0\d elapsed, about 0:00:\d\d left\)$", line), line
+    assert "\x1b" not in err  # no cursor movement or colour in a log file
+
+
+def test_tune_progress_is_silent_with_verbose_0(capsys):
+    with report.tune_progress(0, total=3) as progress:
+        progress.trial_started(16, 80)
+        progress.trial_done(tune_trial(16, 80, 0.31))
+        progress.done(tune_result())
+    assert capsys.readouterr() == ("", "")
+
+
+def test_more_trials_than_expected_drop_the_estimate(capsys):
+    with report.tune_progress(1, total=1) as progress:
+        for batch in (16, 32):
+            progress.trial_started(batch, 80)
+            progress.trial_done(tune_trial(batch, 80, 0.31))
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith("(0:00:00 elapsed)"), last
+
+
+def tied_result():
+    """Two candidates with bit-identical losses; the search's tie-break chose the second."""
+    trials = [
+        tune_trial(16, 80, 0.25, epoch_fraction=0.25),
+        tune_trial(64, 20, 0.25, epoch_fraction=0.25),
+        tune_trial(32, 40, 0.40, epoch_fraction=0.25),
+    ]
+    return TuneResult(batch_size=64, steps_per_epoch=20, epochs=3, val_loss=0.25, trials=trials,
+                      probe=None, tuner="grid", budget_samples=4000, seconds=3.0,
+                      hyperparameters=dict(trials[1].hyperparameters))
+
+
+def test_a_tie_names_one_winner_in_the_table_the_summary_and_the_plots():
+    result = tied_result()
+    summary = report.tune_summary(result)
+    assert "Train with batch_size=64, steps_per_epoch=20" in summary
+    assert "Runner-up: batch 16 x 80 steps" in summary  # the other tied one, not the winner again
+    first_row = rendered(report.tune_table(result)).splitlines()[4]
+    assert first_row.split()[1:3] == ["64", "│"], first_row
+
+    from autobatch import plots
+
+    figure = plots._tune_curves(plots._figure_class(), result)
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert labels[0].startswith("batch 64, 20 steps/epoch"), labels
+
+
+def test_progress_inside_the_callers_own_live_display_still_works():
+    # Older rich refuses a second live display (LiveError): the progress then prints lines.
+    from rich.progress import Progress
+
+    console = terminal()
+    with Progress(console=console), report.tune_progress(1, total=2, console=console) as progress:
+        progress.trial_started(16, 80)
+        progress.trial_done(tune_trial(16, 80, 0.31))
+    assert "2.0 s)" in console.file.getvalue()
+
+
+def test_an_error_text_with_brackets_is_shown_as_is_not_as_markup(capsys):
+    error = "InvalidArgumentError [/dim] [bold]x[/bold]"
+    with report.tune_progress(1) as progress:
+        progress.trial_done(tune_trial(16, 80, None, status="failed", error=error))
+    assert error in capsys.readouterr().err
+    assert error in rendered(report.tune_table(tune_result(trials=[
+        tune_trial(16, 80, None, status="failed", error=error)])))

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from autobatch import _units
+from autobatch._versions import library_versions  # also imported from here by search.tune
 from autobatch.data import as_training_data
 from autobatch.errors import BatchDoesNotFitError, InvalidArgumentError, InvalidModelError
 from autobatch.memory.base import MemoryBackend
@@ -191,6 +192,7 @@ def probe(
                 "exists: free memory, raise memory_limit, or shrink the model or its inputs."
             )
         while (proposal := strategy.propose(history)) is not None:
+            progress.trial_started(proposal.batch_size)
             outcome = run_trial(
                 model,
                 trial_data,
@@ -390,16 +392,3 @@ def _keras_backend() -> str:
     import keras
 
     return keras.backend.backend()
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of what decides memory and behaviour, recorded in every result."""
-    import importlib.metadata as metadata
-
-    versions = {}
-    for name in ("keras-autobatch", "keras", "tensorflow", "jax", "torch", "keras-tuner"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions

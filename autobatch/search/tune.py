@@ -227,7 +227,9 @@ def tune(
         }
         directory = Path(directory) if directory is not None else project.default_directory()
         name = project.project_name(tuner_used, settings, model, [train, validation])
-        progress = report.tune_progress(verbose)
+        progress = report.tune_progress(
+            verbose, total=_expected_trials(tuner_used, space.size, candidates, max_trials)
+        )
         oracle = make_oracle(
             tuner_used, max_trials=max_trials, seed=None if seed is None else seed + 1,
             hyperband_epochs=budget.hyperband_epochs, candidates=candidates,
@@ -243,7 +245,8 @@ def tune(
             search = BatchTuner(
                 oracle, hypermodel, train=train, validation=validation, budget=budget,
                 memory=memory, min_delta=min_delta, validation_batch_size=space.batch_sizes[-1],
-                on_candidate=progress.trial_done, directory=str(directory), project_name=name,
+                on_candidate=progress.trial_done, on_candidate_start=progress.trial_started,
+                directory=str(directory), project_name=name,
                 overwrite=overwrite,
             )
         search.oracle.verbose = 0  # silence keras-tuner's Display: progress is ours
@@ -265,6 +268,22 @@ def tune(
     )
     progress.done(result)
     return result
+
+
+def _expected_trials(
+    tuner: str, space_size: int, candidates: list | None, max_trials: int | None
+) -> int | None:
+    """How many trials the search will run, for the progress bar; None where the tuner
+    decides as it goes (Hyperband's brackets, a HyperModel's own space)."""
+    from autobatch.search.tuner import halving_round_sizes
+
+    if candidates is not None:  # successive halving: its rounds are fixed up front
+        expected = sum(halving_round_sizes(len(candidates)))
+    elif tuner == "grid":
+        expected = space_size
+    else:
+        return max_trials if tuner in ("random", "bayesian") else None
+    return expected if max_trials is None else min(expected, max_trials)
 
 
 def _distinct_candidates(space: Any) -> list[dict[str, Any]]:

@@ -220,6 +220,7 @@ class BatchTuner(keras_tuner.Tuner):
         min_delta: float,
         validation_batch_size: int,
         on_candidate: Callable[[TuneTrial], None] = lambda trial: None,
+        on_candidate_start: Callable[[int, int], None] = lambda batch_size, steps_per_epoch: None,
         directory: str,
         project_name: str,
         overwrite: bool,
@@ -237,6 +238,7 @@ class BatchTuner(keras_tuner.Tuner):
         # than the training step that fits there, and fewer, larger batches are faster.
         self.validation_batch_size = validation_batch_size
         self.on_candidate = on_candidate
+        self.on_candidate_start = on_candidate_start
         self._finished: dict[str, TuneTrial] = {}
 
     # --- keras-tuner hooks -------------------------------------------------------------
@@ -248,6 +250,7 @@ class BatchTuner(keras_tuner.Tuner):
     def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
         hp = trial.hyperparameters
         candidate = self.budget.candidate(self.hypermodel.space, hp.values)
+        self.on_candidate_start(candidate.batch_size, candidate.steps_per_epoch)
         record = self._reusable(candidate, hp.values, trial.trial_id)
         if record is None:
             record = self._train(trial, candidate)
