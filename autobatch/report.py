@@ -50,6 +50,9 @@ class _Silent:
     def trial_done(self, trial: Any) -> None:
         pass
 
+    def verification_started(self, batch_size: int) -> None:
+        pass
+
     def verification_done(self, verification: Any) -> None:
         pass
 
@@ -162,9 +165,12 @@ class _ProbeProgress(_Progress):
             f"  batch {trial.batch_size:>7}: peak {format_bytes(trial.peak_bytes)}{speed} -> {verdict}"
         )
 
+    def verification_started(self, batch_size: int) -> None:
+        self._started(f"probing: verifying batch {batch_size:,} with real epochs")
+
     def verification_done(self, verification: Any) -> None:
-        verdict = "[green]fits[/]" if verification.fits else f"[red]{verification.error}[/]"
-        self.console.print(
+        verdict = "[green]fits[/]" if verification.fits else f"[red]{_escape(verification.error)}[/]"
+        self._done(
             f"  verify {verification.batch_size:>6}: {verification.epochs} epochs with validation, "
             f"{verification.train_steps} steps, peak {format_bytes(verification.peak_bytes)} -> {verdict}"
         )

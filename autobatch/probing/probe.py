@@ -305,6 +305,7 @@ def _verified(
     line = strategy.memory_model(history)
     batch_size = answer
     for _ in range(MAX_VERIFICATIONS):
+        progress.verification_started(batch_size)
         outcome = verify(
             model,
             data,
