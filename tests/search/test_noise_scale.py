@@ -9,6 +9,7 @@ import pytest
 from autobatch.errors import InvalidArgumentError, InvalidDataError, InvalidModelError
 from autobatch.search.noise_scale import (
     GradientNoiseScale,
+    GradientNormMeter,
     UnsupportedBackendError,
     estimate_noise_scale,
     statistical_efficiency,
@@ -162,6 +163,17 @@ def test_recovers_the_noise_scale_of_linear_regression(distance):
     assert 0 < estimate.standard_error < 0.2 * estimate.noise_scale
     assert estimate.critical_batch_size == estimate.noise_scale
     assert estimate.to_dict()["num_steps"] == 16
+
+
+def test_the_meter_measures_the_slices_and_the_whole_batch_exactly():
+    model, x, y, _, _ = _regression(1.0)
+    x, y = x[:32], y[:32]
+    small, big = GradientNormMeter(model, small_batch=8)(x, y)
+    weights = model.layers[0].kernel.numpy().astype(np.float64)
+    per_sample = 2 * x * (x.astype(np.float64) @ weights - y)
+    slices = per_sample.reshape(4, 8, DIM).mean(axis=1)
+    assert small == pytest.approx(np.mean(np.sum(slices**2, axis=1)), rel=1e-4)
+    assert big == pytest.approx(np.sum(per_sample.mean(axis=0) ** 2), rel=1e-4)
 
 
 def test_the_model_optimizer_and_metrics_are_left_exactly_as_they_were():
