@@ -156,13 +156,15 @@ def _regression(distance):
 @pytest.mark.parametrize("distance", [1.0, 0.5])
 def test_recovers_the_noise_scale_of_linear_regression(distance):
     model, x, y, in_closed_form, on_data = _regression(distance)
-    estimate = estimate_noise_scale(model, x, y, small_batch=8, big_batch=128, num_steps=16, seed=0)
+    # 48 steps: over seeds 0-19 every estimate fell within 10% of the closed form (16 steps of
+    # 128 reached +21% at distance 0.5), so the 20% below is a margin, not a coin toss.
+    estimate = estimate_noise_scale(model, x, y, small_batch=8, big_batch=256, num_steps=48, seed=0)
     assert estimate.noise_scale == pytest.approx(in_closed_form, rel=0.2)
     assert estimate.noise_scale == pytest.approx(on_data, rel=0.2)
     assert estimate.gradient_norm_squared == pytest.approx(4 * distance**2, rel=0.3)
     assert 0 < estimate.standard_error < 0.2 * estimate.noise_scale
     assert estimate.critical_batch_size == estimate.noise_scale
-    assert estimate.to_dict()["num_steps"] == 16
+    assert estimate.to_dict()["num_steps"] == 48
 
 
 def test_the_meter_measures_the_slices_and_the_whole_batch_exactly():
