@@ -126,13 +126,13 @@ class GradientNoiseScale:
                 f"small_batch_size={small_batch_size} and big_batch_size={big_batch_size}: the "
                 "small batch must be smaller; swap them or widen the gap."
             )
-        for name, value in (
+        for name, norm in (
             ("small_norm_squared", small_norm_squared),
             ("big_norm_squared", big_norm_squared),
         ):
-            if not (math.isfinite(value) and value >= 0):
+            if not (math.isfinite(norm) and norm >= 0):
                 raise InvalidArgumentError(
-                    f"{name}={value!r}: expected a finite squared norm (at least 0); a NaN or "
+                    f"{name}={norm!r}: expected a finite squared norm (at least 0); a NaN or "
                     "infinite gradient means the loss diverged at these weights."
                 )
         trace = (small_norm_squared - big_norm_squared) / (
@@ -451,9 +451,9 @@ def _is_positive_number(value: Any) -> bool:
     return (
         isinstance(value, (int, float, np.integer, np.floating))
         and not isinstance(value, bool)
-        and value > 0
+        and bool(value > 0)
     )
 
 
 def _is_whole_number(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)
