@@ -457,13 +457,13 @@ def peer_strategies(quick: bool, num_samples: int) -> dict[str, Callable[..., pe
         return peers.ultralytics(oracle, total_bytes=total, used_bytes=ready["usage_bytes"])
 
     strategies: dict[str, Callable[..., peers.PeerRun]] = {
-        "Lightning binsearch": lambda o, r, l: peers.lightning_binsearch(o, num_samples=num_samples),
-        "Lightning power": lambda o, r, l: peers.lightning_power(o, num_samples=num_samples),
-        "HF halving from 1024": lambda o, r, l: peers.huggingface(o, start=1024),
+        "Lightning binsearch": lambda o, r, lim: peers.lightning_binsearch(o, num_samples=num_samples),
+        "Lightning power": lambda o, r, lim: peers.lightning_power(o, num_samples=num_samples),
+        "HF halving from 1024": lambda o, r, lim: peers.huggingface(o, start=1024),
         "Ultralytics 60%": ultralytics,
     }
     if not quick:
-        strategies["HF x0.9 from 1024"] = lambda o, r, l: peers.huggingface(o, start=1024, factor=0.9)
+        strategies["HF x0.9 from 1024"] = lambda o, r, lim: peers.huggingface(o, start=1024, factor=0.9)
     return strategies
 
 
@@ -624,15 +624,15 @@ def _verdict(run: dict[str, Any] | None) -> str:
 def plot(entries: list[dict[str, Any]], directory: Path, stem: str) -> Path:
     plt = _common.pyplot()
     figure, axes = plt.subplots(1, len(entries), figsize=(4.2 * len(entries), 4), squeeze=False)
-    for axis, entry in zip(axes[0], entries):
+    for axis, entry in zip(axes[0], entries, strict=False):
         for index, row in enumerate(rows_for(entry)):
             sizes = row["trial_sizes"]
             fits = _fits_sequence(entry, row["strategy"])
             axis.plot(range(1, len(sizes) + 1), sizes, marker="o", markersize=3,
                       label=row["strategy"], color=f"C{index}")
-            failed = [(i + 1, b) for i, (b, ok) in enumerate(zip(sizes, fits)) if not ok]
+            failed = [(i + 1, b) for i, (b, ok) in enumerate(zip(sizes, fits, strict=False)) if not ok]
             if failed:
-                axis.scatter(*zip(*failed), marker="x", s=50, color=f"C{index}")
+                axis.scatter(*zip(*failed, strict=True), marker="x", s=50, color=f"C{index}")
         axis.axhline(entry["truth"]["true_max"], color="black", linestyle="--", linewidth=0.8,
                      label="true max")
         axis.set_yscale("log")

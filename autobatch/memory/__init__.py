@@ -69,7 +69,7 @@ def detect_memory(memory_limit: int | None = None) -> MemoryBackend:
     """
     if memory_limit is not None:
         memory_limit = parse_bytes(memory_limit)  # fail before importing any framework
-    entry = _GPU_BACKENDS.get(_keras_backend())
+    entry = _GPU_BACKENDS.get(_keras_backend() or "")
     if entry is not None:
         _, sees_gpu, gpu_backend = entry
         if sees_gpu():

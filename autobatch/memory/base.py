@@ -59,10 +59,10 @@ class MemoryBackend(abc.ABC):
     def _read_peak(self) -> int:
         """Peak since the last ``_reset_peak``."""
 
-    def before_trial(self, batch_size: int) -> None:
+    def before_trial(self, batch_size: int) -> None:  # noqa: B027 - an optional hook
         """Hook run before each trial; the fake backend "runs out" here."""
 
-    def after_step(self, *, validation: bool = False) -> None:
+    def after_step(self, *, validation: bool = False) -> None:  # noqa: B027 - an optional hook
         """Hook run after each training (or ``validation``) step of a trial; the fake
         backend's memory grows here."""
 

@@ -2,9 +2,9 @@
 
 Peak memory follows ``fixed_bytes + bytes_per_sample * batch_size`` exactly (or any
 function you give), and a validation step at that batch adds ``validation_bytes_per_sample``
-for each sample (real ``fit`` validates at the training batch size, and short trials never
-do: it runs out, or is "killed", at the step that crosses the limit), so a probe or a search can be tested on CPU, in milliseconds, with a
-known answer. Like httpx's MockTransport, it is public API so users can test their own
+for each sample (real ``fit`` validates at the training batch size: it runs out, or is
+"killed", at the step that crosses the limit), so a probe or a search can be tested on CPU,
+in milliseconds, with a known answer. Like httpx's MockTransport, it is public API so users can test their own
 pipelines with it.
 
 Example:

@@ -18,7 +18,7 @@ from autobatch.probing.verify import VerificationOutcome, verify
 from autobatch.results import ProbeResult, ProbeTrial, ProbeVerification
 
 #: Verifications of the answer at most: the first, and backed-off batches after it.
-MAX_VERIFICATIONS = 4
+MAX_VERIFICATIONS = 3
 #: An epoch that raises the verification's peak by less than this share of the free memory
 #: (and at least `MIN_GROWTH_BYTES`) ends it: the peak has stopped growing.
 GROWTH_TOLERANCE = 0.01
@@ -297,8 +297,9 @@ def _verified(
 ) -> int:
     """Verify ``answer`` with real epochs; back off until one fits or the tries run out.
 
-    Returns the verified batch size, or the last one tried when none verified (the result's
-    ``verified`` is then False and the caller should pass a larger margin).
+    Returns the verified batch size, or, when none verified, the smallest one tried (the
+    result's ``verified`` is then False: pass a larger margin). Backing off stops when the
+    excess did not shrink with the batch: it is then not the batch's memory.
     """
     free = strategy.limit_bytes - strategy.baseline_bytes
     tolerance = max(int(GROWTH_TOLERANCE * free), MIN_GROWTH_BYTES)
@@ -318,11 +319,20 @@ def _verified(
         progress.verification_done(_verification_record(outcome, strategy))
         if _fits(outcome, strategy):
             return batch_size
+        if len(verifications) >= 2 and not _lower(verifications[-1], verifications[-2]):
+            break
         smaller = _backed_off(batch_size, outcome, strategy, line)
         if smaller < 1:
             return 0
         batch_size = smaller
-    return batch_size
+    return min(v.batch_size for v in verifications)
+
+
+def _lower(later: VerificationOutcome, earlier: VerificationOutcome) -> bool:
+    """The later (smaller) batch peaked clearly lower, or ran where the earlier ran out."""
+    if later.peak_bytes is None:
+        return False
+    return earlier.peak_bytes is None or later.peak_bytes < earlier.peak_bytes - MIN_GROWTH_BYTES
 
 
 def _backed_off(

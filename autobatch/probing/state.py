@@ -72,7 +72,7 @@ class _SavedValues:
     def restore(self) -> list[BaseException]:
         """Assign every saved value back; return the errors, each variable tried regardless."""
         errors: list[BaseException] = []
-        for variable, saved in zip(self._variables, self._saved):
+        for variable, saved in zip(self._variables, self._saved, strict=True):
             try:
                 if isinstance(saved, np.ndarray):
                     variable.assign(saved)
@@ -110,6 +110,7 @@ def preserved(model: Any) -> Iterator[None]:
         ...     model.fit(x, y, epochs=1)   # weights, optimizer, history all restored after
     """
     remove_stale_folders()
+    folder: contextlib.AbstractContextManager[str | None]
     try:
         folder = tempfile.TemporaryDirectory(
             prefix=f"{_FOLDER_PREFIX}{os.getpid()}-", ignore_cleanup_errors=True
@@ -129,7 +130,7 @@ def remove_stale_folders(directory: str | Path | None = None) -> list[Path]:
         >>> remove_stale_folders()   # in tempfile.gettempdir() by default
         []
     """
-    removed = []
+    removed: list[Path] = []
     root = Path(directory if directory is not None else tempfile.gettempdir())
     try:
         entries = list(root.iterdir())

@@ -12,10 +12,10 @@ jumps to where it predicts the usable memory ends, then verifies there:
    that did not fit.
 
 When running out of memory cannot be caught (host RAM: the kernel's OOM killer sends SIGKILL),
-each step goes at most a third of the way from the largest measured peak to the limit, less
+each step goes at most a quarter of the way from the largest measured peak to the limit, less
 the scatter of the peaks around the line, and less again when an earlier step cost more than
-its line predicted (a step that cost 2.8x its prediction makes later steps take a fifth of the
-room, not a third); it never grows the batch more than ``max_growth`` times, and only
+its line predicted (after a step that cost 3.5x its prediction, later steps take a fifth of
+the room, not a quarter); it never grows the batch more than ``max_growth`` times, and only
 ``FLAT_GROWTH`` times while the peaks have not risen visibly (memory an earlier training run
 freed and this one reuses hides the slope, so a flat curve is no evidence of room). A curve
 that bends upwards is thus measured before it can kill the process; the margin absorbs what
@@ -28,6 +28,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+#: Host RAM: a step goes at most this fraction of the room left (1/4): an LSTM's step predicted
+#: at 148 MiB cost 407 (2.75x, validation included), and a trial past the margin leaves its
+#: memory pooled in the process for the verification and the caller's next fit.
+HOST_STEP_DIVISOR = 4.0
 #: Host RAM: the largest growth of the batch from one trial to the next while the peaks have
 #: risen by less than `FLAT_RISE` of the free memory.
 FLAT_GROWTH = 3.0
@@ -253,7 +257,7 @@ class ProbeStrategy:
                 # The edge is a safe step (see `_host_step`), and the rest of the way to the
                 # usable memory is at most half the margin. So the answer is the line's edge,
                 # which the probe's verification (real epochs, stopped at the margin) runs,
-                # instead of more trials that each go a third of the remaining way.
+                # instead of more trials that each go a quarter of the remaining way.
                 self._predicted_edge = int(min(math.floor(edge), cap))
                 return None, "within half the margin of the usable memory"
             target = min(edge, step)
@@ -271,7 +275,7 @@ class ProbeStrategy:
         another, one step of 22 samples cost 170 MiB where its line predicted 60), and
         crossing the limit kills the process. So the room left is first reduced by how far
         the measured peaks near the top scatter around the line, and a step takes at most a
-        third of the rest, less when an earlier step already cost more than predicted (see
+        quarter of the rest, less when an earlier step already cost more than predicted (see
         `surprise`): a step that costs as many times its prediction as the worst seen so far,
         and half as many again, still survives, and is measured before the next.
         """
@@ -290,7 +294,7 @@ class ProbeStrategy:
         growth = largest * self._growth_limit(history)
         if slope <= 0:
             return growth
-        share = 1.0 / max(3.0, 1.5 * self.surprise(history))
+        share = 1.0 / max(HOST_STEP_DIVISOR, 1.5 * self.surprise(history))
         return min(largest + room * share / slope, growth)
 
     def _step_slope(self, measured: dict[int, int], model: MemoryModel) -> float:

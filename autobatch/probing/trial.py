@@ -54,7 +54,7 @@ def _step_timer() -> Any:
         def seconds_per_step(self) -> float | None:
             if len(self.step_ends) < 2:
                 return None
-            durations = [b - a for a, b in zip(self.step_ends, self.step_ends[1:])]
+            durations = [b - a for a, b in zip(self.step_ends, self.step_ends[1:], strict=False)]
             return statistics.median(durations)
 
     return StepTimer()

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import autobatch
+from autobatch.data import as_training_data
 from autobatch.memory.host import HostMemory
 from autobatch.probing.state import remove_stale_folders
 from autobatch.probing.strategy import Observation, ProbeStrategy
 from autobatch.probing.trial import TrialOutcome, run_trial
-from autobatch.data import as_training_data
 from tests.conftest import make_mlp
 
 
