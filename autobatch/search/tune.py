@@ -18,6 +18,7 @@ from autobatch.errors import (
     InvalidArgumentError,
     InvalidDataError,
     TrialError,
+    describe_backend_error,
 )
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import ProbeResult, TuneResult, TuneTrial
@@ -251,8 +252,10 @@ def tune(
             with progress:
                 search.search()
         except keras_tuner.errors.FatalError as error:
+            # Ours is one line already (see BatchTuner._train); a HyperModel's may not be.
+            description = describe_backend_error(error, with_type=False, limit=600)
             raise TrialError(
-                f"{error}. This is not an out-of-memory error or a diverging loss, so the "
+                f"{description}. This is not an out-of-memory error or a diverging loss, so the "
                 "search stopped; check that model.fit works on this data at a small batch "
                 f"size. The trials so far are kept in {search.project_dir}."
             ) from error.__cause__
