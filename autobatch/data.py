@@ -129,6 +129,7 @@ class ArrayData(TrainingData):
 
     def __init__(self, x: Any, y: Any = None, sample_weight: Any = None, *, name: str = "data"):
         self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.name = name
         lengths: dict[str, int] = {}
         for part, value in (("x", x), ("y", y), ("sample_weight", sample_weight)):
             if value is None:

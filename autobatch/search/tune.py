@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autobatch.data import ArrayData, DatasetData, TrainingData, as_training_data
+from autobatch.data_check import check_data_matches_model
 from autobatch.errors import (
     AllTrialsFailedError,
     InvalidArgumentError,
@@ -183,6 +184,7 @@ def tune(
     train, validation = _training_and_validation(
         data, validation_data, validation_split, num_samples, seed
     )
+    check_data_matches_model(model, train, validation)
     if memory is None:
         from autobatch.memory import detect_memory
 
