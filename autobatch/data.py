@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from autobatch._quiet import import_tensorflow_quietly
 from autobatch.errors import InvalidDataError
 
 #: How many elements (or batches, for a callable) are scanned to find the largest one.
@@ -252,7 +253,7 @@ class ArrayData(TrainingData):
         if self.sample_weight is not None:
             parts = (self.x, self.y, self.sample_weight)
         try:
-            import tensorflow as tf
+            tf = import_tensorflow_quietly()  # on JAX or torch, autobatch imports it here
         except ImportError:
             return parts
         cache = self.__dict__.setdefault("_validation_datasets", {})
@@ -315,7 +316,8 @@ class DatasetData(TrainingData):
         else:
             source = self.dataset.repeat()
         batches = source.batch(batch_size, drop_remainder=True).take(steps)
-        return FitInputs({"x": batches}, steps)
+        # shuffle=False: Keras ignores shuffle for a dataset, but warns when it is on.
+        return FitInputs({"x": batches, "shuffle": False}, steps)
 
     @property
     def endless(self) -> bool:  # type: ignore[override]
@@ -378,7 +380,7 @@ class CallableData(TrainingData):
         largest = max(scanned, key=lambda b: sum(np.size(leaf) for leaf in _leaves(b)))
         del scanned
 
-        return FitInputs({"x": _repeat_forever(largest)}, steps)
+        return FitInputs({"x": _repeat_forever(largest), "shuffle": False}, steps)
 
     def search_inputs(self, batch_size: int) -> dict[str, Any]:
         batches = self._batches(batch_size)
@@ -408,7 +410,7 @@ class CallableData(TrainingData):
 def _repeat_forever(batch: Any) -> Any:
     """One batch, endlessly: a tf.data.Dataset when TF is there (fastest for fit), else a generator."""
     try:
-        import tensorflow as tf
+        tf = import_tensorflow_quietly()  # on JAX or torch, autobatch imports it here
     except ImportError:  # JAX or torch without TF: Keras takes Python generators too.
 
         def generator():
