@@ -65,7 +65,7 @@ def _check(model: Any, inputs: list[_Input], data: TrainingData) -> None:
     if paired is None:
         return
     for model_input, label, part in paired:
-        _check_part(model_input, label, part, name, data, batched)
+        _check_part(model, model_input, label, part, name, data, batched)
     _check_targets(model, y, name)
 
 
@@ -104,7 +104,7 @@ def _model_inputs(model: Any) -> list[_Input] | None:
         names, tensors = [getattr(structure, "name", "")], [structure]
     if not all(_is_keras_tensor(t) for t in tensors):
         return None  # nested input structures: not checked
-    return [_Input(n, tuple(t.shape), str(t.dtype)) for n, t in zip(names, tensors)]
+    return [_Input(n, tuple(t.shape), str(t.dtype)) for n, t in zip(names, tensors, strict=True)]
 
 
 def _is_keras_tensor(value: Any) -> bool:
@@ -169,8 +169,7 @@ def _array_part(array: Any) -> _Part:
 
 def _spec_part(spec: Any) -> _Part:
     shape = getattr(spec, "shape", None)
-    rank = None if shape is None else shape.rank
-    dims = None if rank is None else tuple(shape.as_list())
+    dims = None if shape is None or shape.rank is None else tuple(shape.as_list())
     return _Part(dims, getattr(getattr(spec, "dtype", None), "name", "") == "string")
 
 
@@ -203,7 +202,9 @@ def _pair(inputs: list[_Input], x: Any, name: str) -> list[tuple[_Input, str, _P
                 f"{len(x)} arrays. Pass one array per input in that order, or a dict keyed by "
                 "the input names."
             )
-        pairs = [(i, f"x[{index}]", part) for index, (i, part) in enumerate(zip(inputs, x))]
+        pairs = [
+            (i, f"x[{index}]", part) for index, (i, part) in enumerate(zip(inputs, x, strict=True))
+        ]
     elif len(inputs) == 1:
         pairs = [(inputs[0], "x", x)]
     else:
@@ -217,8 +218,11 @@ def _pair(inputs: list[_Input], x: Any, name: str) -> list[tuple[_Input, str, _P
 
 
 def _check_part(
-    model_input: _Input, label: str, part: _Part, name: str, data: TrainingData, batched: bool
+    model: Any, model_input: _Input, label: str, part: _Part, name: str, data: TrainingData,
+    batched: bool,
 ) -> None:
+    import keras
+
     expected = model_input.shape[1:]
     if part.is_text and model_input.dtype != "string":
         raise InvalidDataError(
@@ -229,6 +233,10 @@ def _check_part(
         )
     if part.shape is None or _fits(part.shape, expected):
         return
+    if isinstance(model, keras.Sequential) and not _first_layer_refuses(
+        model, model_input, part.shape
+    ):
+        return
     if isinstance(data, DatasetData) and part.shape and _fits(part.shape[1:], expected):
         raise InvalidDataError(
             f"{name} is a batched tf.data.Dataset: its elements have shape {part.shape}, while "
@@ -236,7 +244,9 @@ def _check_part(
             "unbatched (autobatch batches it at each size it tries: drop .batch(...) or call "
             ".unbatch()), or a callable batch_size -> batched dataset."
         )
-    given = f"batches of shape {(None, *part.shape)}" if batched else f"samples of shape {part.shape}"
+    given = f"samples of shape {part.shape}"
+    if batched:
+        given = f"batches of shape {(None, *part.shape)}"
     raise InvalidDataError(
         f"{name}: the model's input {model_input.name!r} expects samples of shape {expected} "
         f"(batch shape {model_input.shape}), but {label} holds {given}. Give {label} that "
@@ -245,16 +255,44 @@ def _check_part(
 
 
 def _fits(given: Shape, expected: Shape) -> bool:
-    """True when Keras accepts samples of shape ``given`` for ``expected``: the same rank, or
-    one trailing axis of size 1 more (squeezed) or less (expanded), unknown sizes matching
-    anything."""
-    if len(given) == len(expected) + 1 and given and given[-1] == 1:
-        given = given[:-1]
-    elif len(given) + 1 == len(expected) and expected[-1] == 1:
-        expected = expected[:-1]
-    if len(given) != len(expected):
+    """True when Keras accepts samples of shape ``given`` for ``expected``: after
+    `_adjusted`, unknown sizes match anything."""
+    adjusted = _adjusted(given, expected)
+    if adjusted is None:
         return False
-    return all(g is None or e is None or g == e for g, e in zip(given, expected))
+    return all(g is None or e is None or g == e for g, e in zip(adjusted, expected, strict=True))
+
+
+def _adjusted(given: Shape, expected: Shape) -> Shape | None:
+    """``given`` as Keras reshapes it for ``expected`` (a trailing axis of size 1 squeezed
+    or added), or None when it refuses the rank."""
+    if len(given) == len(expected):
+        return given
+    if len(given) == len(expected) + 1 and given[-1] == 1:
+        return given[:-1]
+    if len(given) + 1 == len(expected) and expected[-1] == 1:
+        return (*given, 1)
+    return None
+
+
+def _first_layer_refuses(model: Any, model_input: _Input, given: Shape) -> bool:
+    """For a Sequential, which (unlike a functional model) holds its input's sizes to
+    nothing but its layers' own checks: does its first layer refuse these samples?"""
+    import keras
+    from keras.src.layers.input_spec import assert_input_compatibility
+
+    adjusted = _adjusted(given, model_input.shape[1:])
+    if adjusted is None:
+        return True  # the rank is refused before any layer runs
+    first = model.layers[0] if model.layers else None
+    if first is None or first.input_spec is None:
+        return False
+    batch = keras.KerasTensor((None, *adjusted), dtype=model_input.dtype)
+    try:
+        assert_input_compatibility(first.input_spec, batch, first.name)
+    except ValueError:
+        return True
+    return False
 
 
 #: Built-in losses that need a target as wide as the output (the sparse ones do not).
@@ -270,13 +308,16 @@ def _check_targets(model: Any, y: Any, name: str) -> None:
     import keras
 
     loss = getattr(model, "loss", None)
+    loss_name: str | None
     if isinstance(loss, str):
         loss_name = loss
     elif _is_keras_loss(loss):
         loss_name = getattr(loss, "name", None) or getattr(loss, "__name__", None)
     else:
         return  # the user's own loss may take any target
-    if loss_name not in _SAME_WIDTH_LOSSES or type(model).compute_loss is not keras.Model.compute_loss:
+    if loss_name not in _SAME_WIDTH_LOSSES:
+        return
+    if type(model).compute_loss is not keras.Model.compute_loss:
         return
     outputs = getattr(model, "outputs", None)
     if not isinstance(y, _Part) or y.shape is None or not outputs or len(outputs) != 1:

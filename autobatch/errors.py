@@ -54,7 +54,9 @@ MAX_BACKEND_TEXT = 300
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 #: TensorFlow's graph-node references inside an otherwise useful line.
-_NODE_REFERENCE = re.compile(r"\s*(for|at) '\{\{node [^']*'|\s*\[\[\{\{node [^\]]*\]\]|\s*\[Op:[^\]]*\]")
+_NODE_REFERENCE = re.compile(
+    r"\s*(for|at) '\{\{node [^']*'|\s*\[\[\{\{node [^\]]*\]\]|\s*\[Op:[^\]]*\]"
+)
 #: Lines that frame the real message rather than say what went wrong.
 _BOILERPLATE = (
     "Exception encountered when calling",
@@ -76,9 +78,9 @@ def describe_backend_error(
     the original exception kept as its ``__cause__`` for the full text.
 
     Example:
-        >>> text = "Graph execution error:\\n\\nDetected at node Cast ...\\n  File ...\\nCast string to float"
+        >>> text = "Graph execution error:\\n\\nDetected at node Cast\\n  File ...\\nCast failed"
         >>> describe_backend_error(RuntimeError(text))
-        'RuntimeError: Cast string to float'
+        'RuntimeError: Cast failed'
     """
     text = _ANSI_ESCAPE.sub("", str(error))
     meaningful = [

@@ -62,6 +62,20 @@ def keras_fit(model, data):
     model.fit(**inputs, epochs=1, steps_per_epoch=2, shuffle=False, verbose=0)
 
 
+def unbuilt_sequential():
+    model = keras.Sequential([keras.layers.Dense(3)])
+    model.compile("sgd", "mse")
+    return model
+
+
+def any_width_sequential():
+    """Declares 4 features, but no layer holds the data to it (a functional model would)."""
+    summed = keras.layers.Lambda(lambda t: keras.ops.sum(t, axis=-1, keepdims=True))
+    model = keras.Sequential([keras.Input((4,)), summed, keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    return model
+
+
 def text_model():
     text = keras.Input((1,), dtype="string")
     vectorize = keras.layers.TextVectorization(max_tokens=10, output_mode="count")
@@ -95,6 +109,10 @@ VALID = {
     "targets of width 1 for mse": (sequential, lambda: (x(), np.ones((N, 1), "float32"))),
     "a callable": (sequential, lambda: lambda size: dataset(x()).batch(size)),
     "a subclassed model (not checked)": (subclassed, lambda: (x(5), Y)),
+    "a Sequential without keras.Input (not checked)": (unbuilt_sequential, lambda: (x(5), Y)),
+    "any width for a Sequential whose layers take any": (
+        any_width_sequential, lambda: (x(5), np.ones((N, 1), "float32"))
+    ),
     "text for a string input": (text_model, lambda: dataset(np.array([["a b"]] * N))),
 }
 
@@ -111,6 +129,10 @@ INVALID = {
         sequential, lambda: (x(5), Y),
         r"^data: the model's input '[^']+' expects samples of shape \(4,\) \(batch shape "
         r"\(None, 4\)\), but x holds samples of shape \(5,\)\. Give x that shape",
+    ),
+    "features of the wrong width for a functional model": (
+        two_inputs, lambda: ([x(), x(3)], Y),
+        r"input 'b' expects samples of shape \(2,\).*x\[1\] holds samples of shape \(3,\)",
     ),
     "a rank too many": (
         sequential, lambda: (np.ones((N, 2, 4)), Y), r"x holds samples of shape \(2, 4\)"
@@ -179,7 +201,7 @@ def test_probe_checks_before_the_first_trial():
 def test_tune_checks_the_training_and_the_validation_data(tmp_path):
     model = sequential()
     options = dict(memory=autobatch.FakeMemory(10**9), directory=tmp_path, verbose=0)
-    with pytest.raises(autobatch.InvalidDataError, match=r"^data: .*x holds samples of shape \(5,\)"):
+    with pytest.raises(autobatch.InvalidDataError, match=r"^data: .*x holds samples of shape"):
         autobatch.tune(model, (x(5), Y), **options)
     with pytest.raises(autobatch.InvalidDataError, match=r"^validation_data: .*\(5,\)"):
         autobatch.tune(model, (x(), Y), validation_data=(x(5), Y), **options)

@@ -65,7 +65,8 @@ def test_tensorflow_graph_dumps_are_dropped():
         "sequential_1/Cast}}]] [Op:__inference_multi_step_on_iterator_636]"
     )
     error = tf.errors.UnimplementedError(None, None, text)
-    assert describe_backend_error(error) == "UnimplementedError: Cast string to float is not supported"
+    described = describe_backend_error(error)
+    assert described == "UnimplementedError: Cast string to float is not supported"
     one_line = (
         "Dimensions must be equal, but are 5 and 3 for '{{node compile_loss/mse/sub}} = "
         "Sub[T=DT_FLOAT](data_1, dense_1/BiasAdd)' with input shapes: [?,5], [?,3]."
