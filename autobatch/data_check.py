@@ -32,6 +32,9 @@ class _Input:
     name: str
     shape: Shape
     dtype: str
+    #: How messages call it: by name only when there are several (a lone input's name is
+    #: often generated, such as 'keras_tensor_3').
+    label: str
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,10 @@ def _model_inputs(model: Any) -> list[_Input] | None:
         names, tensors = [getattr(structure, "name", "")], [structure]
     if not all(_is_keras_tensor(t) for t in tensors):
         return None  # nested input structures: not checked
-    return [_Input(n, tuple(t.shape), str(t.dtype)) for n, t in zip(names, tensors, strict=True)]
+    return [
+        _Input(n, tuple(t.shape), str(t.dtype), f"input {n!r}" if len(names) > 1 else "input")
+        for n, t in zip(names, tensors, strict=True)
+    ]
 
 
 def _is_keras_tensor(value: Any) -> bool:
@@ -226,7 +232,7 @@ def _check_part(
     expected = model_input.shape[1:]
     if part.is_text and model_input.dtype != "string":
         raise InvalidDataError(
-            f"{name}: the model's input {model_input.name!r} expects {model_input.dtype} "
+            f"{name}: the model's {model_input.label} expects {model_input.dtype} "
             f"numbers, but {label} holds strings. Turn the text into numbers first (e.g. "
             "keras.layers.StringLookup or TextVectorization in the data pipeline), or give the "
             "model a keras.Input(dtype='string') followed by such a layer."
@@ -240,7 +246,7 @@ def _check_part(
     if isinstance(data, DatasetData) and part.shape and _fits(part.shape[1:], expected):
         raise InvalidDataError(
             f"{name} is a batched tf.data.Dataset: its elements have shape {part.shape}, while "
-            f"the model's input {model_input.name!r} takes samples of shape {expected}. Pass it "
+            f"the model's {model_input.label} takes samples of shape {expected}. Pass it "
             "unbatched (autobatch batches it at each size it tries: drop .batch(...) or call "
             ".unbatch()), or a callable batch_size -> batched dataset."
         )
@@ -248,7 +254,7 @@ def _check_part(
     if batched:
         given = f"batches of shape {(None, *part.shape)}"
     raise InvalidDataError(
-        f"{name}: the model's input {model_input.name!r} expects samples of shape {expected} "
+        f"{name}: the model's {model_input.label} expects samples of shape {expected} "
         f"(batch shape {model_input.shape}), but {label} holds {given}. Give {label} that "
         f"shape per sample, or build the model with keras.Input(shape={part.shape})."
     )
