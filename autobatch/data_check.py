@@ -285,8 +285,11 @@ def _first_layer_refuses(model: Any, model_input: _Input, given: Shape) -> bool:
     """For a Sequential, which (unlike a functional model) holds its input's sizes to
     nothing but its layers' own checks: does its first layer refuse these samples?"""
     import keras
-    from keras.src.layers.input_spec import assert_input_compatibility
 
+    try:
+        from keras.src.layers.input_spec import assert_input_compatibility
+    except ImportError:  # a Keras whose layout changed: refuse nothing rather than guess
+        return False
     adjusted = _adjusted(given, model_input.shape[1:])
     if adjusted is None:
         return True  # the rank is refused before any layer runs
