@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from autobatch._quiet import import_tensorflow_quietly
 from autobatch.errors import InvalidDataError
 
 #: How many elements (or batches, for a callable) are scanned to find the largest one.
@@ -135,6 +136,7 @@ class ArrayData(TrainingData):
 
     def __init__(self, x: Any, y: Any = None, sample_weight: Any = None, *, name: str = "data"):
         self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.name = name
         lengths: dict[str, int] = {}
         for part, value in (("x", x), ("y", y), ("sample_weight", sample_weight)):
             if value is None:
@@ -282,7 +284,7 @@ class ArrayData(TrainingData):
         if self.sample_weight is not None:
             parts = (self.x, self.y, self.sample_weight)
         try:
-            import tensorflow as tf
+            tf = import_tensorflow_quietly()  # on JAX or torch, autobatch imports it here
         except ImportError:
             return parts
         cache = self.__dict__.setdefault("_validation_datasets", {})
@@ -346,6 +348,7 @@ class DatasetData(TrainingData):
             source = self.dataset.repeat()
         batches = source.batch(batch_size, drop_remainder=True)
         # A validation batch at the same size follows, as fit validates (see ArrayData).
+        # shuffle=False: Keras ignores shuffle for a dataset, but warns when it is on.
         return FitInputs(
             {"x": batches.take(steps), "validation_data": batches.take(1), "shuffle": False}, steps
         )
@@ -496,7 +499,7 @@ class _ReplayedBatches:
 def _repeat_forever(batch: Any) -> Any:
     """One batch, endlessly: a tf.data.Dataset when TF is there (fastest for fit), else a generator."""
     try:
-        import tensorflow as tf
+        tf = import_tensorflow_quietly()  # on JAX or torch, autobatch imports it here
     except ImportError:  # JAX or torch without TF: Keras takes Python generators too.
 
         def generator():

@@ -7,6 +7,8 @@ Subclasses also derive from the builtin a caller would naturally catch
 
 from __future__ import annotations
 
+import re
+
 
 class AutobatchError(Exception):
     """Base class of every error autobatch raises on purpose."""
@@ -45,3 +47,53 @@ class AllTrialsFailedError(AutobatchError):
 
 class MissingDependencyError(AutobatchError, ImportError):
     """An optional dependency is needed for this feature and is not installed."""
+
+
+#: Longest backend text kept in a message; Keras and TensorFlow errors can run to pages.
+MAX_BACKEND_TEXT = 300
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: TensorFlow's graph-node references inside an otherwise useful line.
+_NODE_REFERENCE = re.compile(
+    r"\s*(for|at) '\{\{node [^']*'|\s*\[\[\{\{node [^\]]*\]\]|\s*\[Op:[^\]]*\]"
+)
+#: Lines that frame the real message rather than say what went wrong.
+_BOILERPLATE = (
+    "Exception encountered when calling",
+    "Graph execution error",
+    "Detected at node",
+    "Arguments received by",
+    "Traceback (most recent call last)",
+)
+
+
+def describe_backend_error(
+    error: BaseException, *, with_type: bool = True, limit: int = MAX_BACKEND_TEXT
+) -> str:
+    """The one line of a Keras, TensorFlow, JAX or torch exception that says what went wrong,
+    after its type's name unless ``with_type`` is False, at most ``limit`` characters.
+
+    Backend messages span many lines (graph dumps, stack frames, the arguments of a layer
+    call) and carry terminal colour codes; an `AutobatchError` message is one plain line, with
+    the original exception kept as its ``__cause__`` for the full text.
+
+    Example:
+        >>> text = "Graph execution error:\\n\\nDetected at node Cast\\n  File ...\\nCast failed"
+        >>> describe_backend_error(RuntimeError(text))
+        'RuntimeError: Cast failed'
+    """
+    text = _ANSI_ESCAPE.sub("", str(error))
+    meaningful = [
+        line.strip()
+        for line in text.splitlines()
+        # Stack frames, source lines and argument lists are indented; the message is not.
+        if line.strip() and not line[:1].isspace() and not line.startswith(_BOILERPLATE)
+    ]
+    # Without its full stop, so that callers can go on with ". What to do ...".
+    line = _NODE_REFERENCE.sub("", meaningful[0]).strip().removesuffix(".") if meaningful else ""
+    if len(line) > limit:
+        line = line[: limit - 3].rstrip() + "..."
+    if not with_type:
+        return line
+    name = type(error).__name__
+    return f"{name}: {line}" if line else name

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 
+from autobatch._quiet import import_tensorflow_quietly
 from autobatch._units import parse_bytes
 from autobatch.errors import InvalidArgumentError, MissingDependencyError
 from autobatch.memory.base import MemoryBackend
@@ -33,7 +34,7 @@ __all__ = ["TensorFlowGPUMemory", "tensorflow_sees_gpu"]
 def tensorflow_sees_gpu() -> bool:
     """True when TensorFlow is installed and lists a GPU (does not start its runtime)."""
     try:
-        import tensorflow as tf
+        tf = import_tensorflow_quietly()  # autobatch starts the device search: its noise
     except ImportError:
         return False
     return bool(tf.config.list_physical_devices("GPU"))

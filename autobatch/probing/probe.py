@@ -9,6 +9,7 @@ from typing import Any
 from autobatch import _units
 from autobatch._versions import library_versions  # also imported from here by search.tune
 from autobatch.data import as_training_data
+from autobatch.data_check import check_data_matches_model
 from autobatch.errors import BatchDoesNotFitError, InvalidArgumentError, InvalidModelError
 from autobatch.memory.base import MemoryBackend
 from autobatch.probing.state import preserved
@@ -99,6 +100,7 @@ def probe(
     started = time.perf_counter()
     check_model(model)
     training_data = as_training_data(data)
+    check_data_matches_model(model, training_data)
     if margin is not None and not 0.0 <= margin < 1.0:
         raise InvalidArgumentError(
             f"margin={margin!r} is outside [0, 1). Expected the fraction of free memory to keep "

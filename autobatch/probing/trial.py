@@ -142,9 +142,11 @@ def run_trial(
         stopped_early = True
     except Exception as error:  # noqa: BLE001 - only out-of-memory is swallowed, below
         if not memory.is_out_of_memory(error):
+            from autobatch.errors import describe_backend_error  # here: a one-hunk change
+
             raise TrialError(
-                f"Training at batch size {batch_size} failed with {type(error).__name__}: "
-                f"{error}. This is not an out-of-memory error, so autobatch stopped; check that "
+                f"Training at batch size {batch_size} failed with {describe_backend_error(error)}"
+                ". This is not an out-of-memory error, so autobatch stopped; check that "
                 "model.fit works on this data at a small batch size."
             ) from error
         out_of_memory = True

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autobatch.data import ArrayData, DatasetData, TrainingData, as_training_data
+from autobatch.data_check import check_data_matches_model
 from autobatch.errors import (
     AllTrialsFailedError,
     InvalidArgumentError,
     InvalidDataError,
     TrialError,
+    describe_backend_error,
 )
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import ProbeResult, TuneResult, TuneTrial
@@ -182,6 +184,7 @@ def tune(
     train, validation = _training_and_validation(
         data, validation_data, validation_split, num_samples, seed
     )
+    check_data_matches_model(model, train, validation)
     if memory is None:
         from autobatch.memory import detect_memory
 
@@ -254,8 +257,10 @@ def tune(
             with progress:
                 search.search()
         except keras_tuner.errors.FatalError as error:
+            # Ours is one line already (see BatchTuner._train); a HyperModel's may not be.
+            description = describe_backend_error(error, with_type=False, limit=600)
             raise TrialError(
-                f"{error}. This is not an out-of-memory error or a diverging loss, so the "
+                f"{description}. This is not an out-of-memory error or a diverging loss, so the "
                 "search stopped; check that model.fit works on this data at a small batch "
                 f"size. The trials so far are kept in {search.project_dir}."
             ) from error.__cause__

@@ -22,7 +22,7 @@ import keras_tuner
 from keras_tuner.errors import FailedTrialError, FatalError
 
 from autobatch.data import TrainingData
-from autobatch.errors import InvalidArgumentError, MissingDependencyError
+from autobatch.errors import InvalidArgumentError, MissingDependencyError, describe_backend_error
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import TuneTrial
 from autobatch.search.candidate import CandidateOutcome, train_candidate
@@ -291,7 +291,7 @@ class BatchTuner(keras_tuner.Tuner):
             raise FatalError(
                 f"Training the candidate batch_size={candidate.batch_size}, "
                 f"steps_per_epoch={candidate.steps_per_epoch} failed with "
-                f"{type(error).__name__}: {error}"
+                f"{describe_backend_error(error)}"
             ) from error
         return self._record(trial, candidate, outcome, learning_rate)
 

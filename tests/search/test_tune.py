@@ -344,9 +344,10 @@ def test_an_error_that_is_not_out_of_memory_stops_the_search(tmp_path, probed):
     x, y = regression_data()
     model = make_model()
     before = model_state(model)
-    wrong_width = np.zeros((NUM_SAMPLES, 5), "float32")  # the model takes 4 features
+    # The model outputs (batch, 1): the loss cannot broadcast, which no check foresees.
+    unbroadcastable = np.zeros((NUM_SAMPLES, 3, 5), "float32")
     with pytest.raises(autobatch.TrialError, match=r"batch_size=16, steps_per_epoch=4 failed with"):
-        autobatch.tune(model, (wrong_width, y), **small_search(tmp_path, probe=probed))
+        autobatch.tune(model, (x, unbroadcastable), **small_search(tmp_path, probe=probed))
     assert_untouched(model, before)
 
 
