@@ -134,6 +134,8 @@ def _map_leaves(function: Callable[[Any], Any], structure: Any) -> Any:
 class ArrayData(TrainingData):
     """In-memory arrays: ``(x, y)`` or ``(x, y, sample_weight)``."""
 
+    num_samples: int  # always known for arrays
+
     def __init__(self, x: Any, y: Any = None, sample_weight: Any = None, *, name: str = "data"):
         self.x, self.y, self.sample_weight = x, y, sample_weight
         self.name = name
@@ -280,7 +282,7 @@ class ArrayData(TrainingData):
         TensorFlow is there: given arrays, Keras rebuilds its input pipeline at every
         validation, about 30 ms each (measured on CPU), which dominates a search on small
         data that validates after every quarter pass. The loss is the same either way."""
-        parts = (self.x, self.y)
+        parts: tuple[Any, ...] = (self.x, self.y)
         if self.sample_weight is not None:
             parts = (self.x, self.y, self.sample_weight)
         try:
@@ -477,7 +479,7 @@ def _partial_batch_preserving_size(num_samples: int, batch_size: int, max_steps:
 def _replay(batches: list[Any]) -> Any:
     """A finite list of batches as validation data that ``fit`` can go over every epoch."""
     try:
-        import tensorflow as tf
+        tf = import_tensorflow_quietly()  # on JAX or torch, autobatch imports it here
     except ImportError:
         return _ReplayedBatches(batches)
     dataset = tf.data.Dataset.from_tensors(batches[0])

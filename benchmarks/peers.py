@@ -175,7 +175,7 @@ def ultralytics(
     memory = [None if r is None else r / gib for r in results]
     points = [
         (b, y)
-        for i, (b, y) in enumerate(zip(sizes, memory))
+        for i, (b, y) in enumerate(zip(sizes, memory, strict=True))
         if y is not None and 0 < y < total and (i == 0 or memory[i - 1] is None or y > memory[i - 1])
     ]
     if len(points) < 2:

@@ -153,7 +153,7 @@ def summary_table(entries: list[dict[str, Any]]) -> str:
 def plot(entries: list[dict[str, Any]], directory: Any, stem: str) -> Any:
     plt = _common.pyplot()
     figure, axes = plt.subplots(1, len(entries), figsize=(4.2 * len(entries), 3.8), squeeze=False)
-    for axis, entry in zip(axes[0], entries):
+    for axis, entry in zip(axes[0], entries, strict=False):
         sizes = [p["batch_size"] for p in entry["points"]]
         axis.plot(sizes, [p["samples_per_second"] for p in entry["points"]], "o-", color="C0")
         axis.axvline(entry["knee_batch_size"], color="C0", linestyle=":", linewidth=1)

@@ -26,7 +26,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from sklearn.datasets import load_breast_cancer, load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
@@ -125,7 +124,7 @@ def main() -> None:
                       f"{len(result.trials)} trials, {found['passes']:.0f} passes", flush=True)
         for tuner, found in runs.items():
             grid = runs.get("grid")
-            pairs = list(zip(found, grid)) if grid else []
+            pairs = list(zip(found, grid, strict=False)) if grid else []
             regrets = [100 * (f["result"].val_loss / g["result"].val_loss - 1) for f, g in pairs]
             wall_ratio = [f["wall"] / g["wall"] for f, g in pairs] or [math.nan]
             cpu_ratio = [f["cpu"] / g["cpu"] for f, g in pairs] or [math.nan]

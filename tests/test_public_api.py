@@ -25,6 +25,7 @@ def test_importing_autobatch_loads_no_framework():
     import subprocess
     import sys
 
-    code = "import sys, autobatch; print(sorted(m for m in ('tensorflow', 'jax', 'torch', 'keras_tuner') if m in sys.modules))"
+    frameworks = "('tensorflow', 'jax', 'torch', 'keras_tuner')"
+    code = f"import sys, autobatch; print(sorted(m for m in {frameworks} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

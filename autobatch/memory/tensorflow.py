@@ -77,7 +77,8 @@ class TensorFlowGPUMemory(MemoryBackend):
             return self._memory_limit
         configured = [self._configured_limit(i) for i in range(len(self._physical))]
         limits = self._fill_from_nvml(configured) if None in configured else configured
-        limit, self.limit_source = min(limits, key=lambda pair: pair[0])  # type: ignore[arg-type]
+        known = [pair for pair in limits if pair is not None]  # _fill_from_nvml filled them all
+        limit, self.limit_source = min(known, key=lambda pair: pair[0])
         return limit
 
     def current_bytes(self) -> int:
@@ -125,6 +126,7 @@ class TensorFlowGPUMemory(MemoryBackend):
                     f"{','.join(map(str, nvml_indices))}). Pass memory_limit (bytes per GPU)."
                 )
             if limit is None:
+                assert gpu is not None  # raised above when both are missing
                 if gpu.other_processes_bytes is None:
                     limit = (gpu.total_bytes, f"GPU:{index} total (NVML)")
                 else:

@@ -102,7 +102,7 @@ def test_oom_in_context_is_found():
         try:
             raise MemoryError()
         except MemoryError:
-            raise ValueError("while handling")  # implicit __context__
+            raise ValueError("while handling")  # noqa: B904 - the implicit __context__ is the point
     except ValueError as outer:
         assert is_out_of_memory(outer)
 
