@@ -249,7 +249,8 @@ _SHORT_ERRORS = {"out of memory": "OOM", "above the safety margin": "over margin
 
 
 def probe_table(result: ProbeResult) -> Any:
-    """A rich table of the probe's trials, in the order they ran; the answer's row in bold."""
+    """A rich table of the probe's trials, then its verifications with real epochs, in the
+    order they ran; the answer's row in bold."""
     from rich.table import Table
 
     table = Table(title=f"Probe: {result.device}, limit {format_bytes(result.limit_bytes)} "
@@ -257,7 +258,9 @@ def probe_table(result: ProbeResult) -> Any:
     for name in ("batch", "peak memory", "% of limit", "step time", "samples/s", "fits"):
         table.add_column(name, justify="left" if name == "fits" else "right", no_wrap=True)
     for trial in result.trials:
-        chosen = trial.fits and trial.batch_size == result.max_batch_size
+        chosen = (
+            not result.verifications and trial.fits and trial.batch_size == result.max_batch_size
+        )
         if trial.fits:
             verdict = "[green]yes, chosen[/]" if chosen else "[green]yes[/]"
         else:
@@ -272,7 +275,30 @@ def probe_table(result: ProbeResult) -> Any:
             verdict,
             style="bold" if chosen else None,
         )
-    if _chosen_trial(result) is None and result.trials:
+    for verification in result.verifications:
+        chosen = result.verified and verification.batch_size == result.max_batch_size
+        if verification.fits:
+            verdict = "[green]yes, verified, chosen[/]" if chosen else "[green]yes[/]"
+        else:
+            verdict = f"[red]no: {_escape(_SHORT_ERRORS.get(verification.error or '', verification.error))}[/]"
+        share = "-" if verification.peak_bytes is None else (
+            f"{100 * verification.peak_bytes / result.limit_bytes:.0f}%"
+        )
+        table.add_row(
+            f"{verification.batch_size:,} (verify: {verification.epochs} epochs)",
+            format_bytes(verification.peak_bytes),
+            share,
+            "-",
+            "-",
+            verdict,
+            style="bold" if chosen else None,
+        )
+    if result.verifications:
+        table.caption = (
+            "verify: real epochs with a validation pass at the same batch, until the peak "
+            "stops growing."
+        )
+    elif _chosen_trial(result) is None and result.trials:
         # The answer lies between two trials: show where the fitted line puts it.
         predicted = None
         if result.bytes_per_sample is not None and result.fixed_bytes is not None:

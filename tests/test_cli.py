@@ -151,7 +151,7 @@ def test_probe_prints_the_table_and_writes_json_and_plots(capsys, files, tmp_pat
                "--json", out_json, "--plots", plots)
     assert code == 0
     out, err = capsys.readouterr()
-    assert "Probe: fake device" in out and "yes, chosen" in out
+    assert "Probe: fake device" in out and "yes, verified, chosen" in out
     assert "Largest batch size that fits: 281" in err  # the progress display's summary
     result = load_result(out_json)
     assert isinstance(result, ProbeResult) and result.max_batch_size == EXPECTED_MAX_BATCH
