@@ -246,3 +246,36 @@ def test_host_search_survives_scatter_of_tens_of_mib_and_keeps_the_margin(seed):
     # Within 15% of the largest batch whose noise-free peak is usable.
     ideal = ((strategy.usable_bytes - 400 * mib) / (6 * mib)) ** (1 / 0.8)
     assert answer >= 0.85 * ideal, (answer, ideal, [o.batch_size for o in history], strategy.stop_reason)
+
+
+def test_a_flat_curve_never_licenses_a_large_jump():
+    # A process that trained before: memory its training freed is reused, so peaks stay flat
+    # up to batch 300, then each sample costs 1 MiB more. A flat curve is no evidence of room:
+    # the batch at most triples while the peaks have not risen, so the first step past the
+    # hidden region cannot reach the limit.
+    mib = 2**20
+    limit = 1300 * mib
+
+    def peak_of(b):
+        return 780 * mib + max(0, b - 300) * mib
+
+    strategy, history = simulate(limit, peak_of, margin=0.1, catchable=False, baseline=778 * mib)
+    sizes = [o.batch_size for o in history]
+    flat = [o for o in history if o.peak_bytes == 780 * mib]
+    for before, after in zip(flat, flat[1:], strict=False):
+        assert after.batch_size <= 3 * before.batch_size
+    assert peak_of(strategy.answer(history)) <= limit, sizes
+    assert strategy.answer(history) >= 0.9 * true_max(strategy.usable_bytes, peak_of), sizes
+
+
+def test_a_step_that_costs_three_times_its_prediction_shrinks_the_next_steps():
+    # After a step that cost 3x its prediction, the next step is sized to survive 4.5x (1.5
+    # times the worst surprise), not the default 4x.
+    strategy = ProbeStrategy(limit_bytes=10_000, baseline_bytes=0, margin=0.1, oom_is_catchable=False)
+    history = [Observation(1, 1000), Observation(10, 1100), Observation(100, 2000)]
+    assert strategy.surprise(history) == pytest.approx(1.0)
+    surprised = history + [Observation(200, 2000 + 3 * 1000)]
+    assert strategy.surprise(surprised) == pytest.approx(3.0, rel=0.05)
+    step_slope = (5000 - 1000) / (200 - 1)  # the steeper of the fitted and whole-range slopes
+    next_batch = strategy.propose(surprised).batch_size
+    assert 200 < next_batch <= 200 + (10_000 - 5000) / (1.5 * 3.0) / step_slope
