@@ -48,7 +48,7 @@ from benchmarks._child import MARKER
 #: Memory above a tiny training run's peak that each model gets (MiB): the true largest batch
 #: then lands at a few hundred to a few thousand samples on CPU.
 HEADROOM_MIB = {
-    "mlp": 400, "cnn": 500, "mobilenet_v2": 1800, "lstm": 800, "transformer": 1800,
+    "mlp": 250, "cnn": 500, "mobilenet_v2": 1800, "lstm": 800, "transformer": 1800,
     "batch_attention": 400,
 }
 QUICK_HEADROOM_MIB = {"mlp": 200, "lstm": 400}

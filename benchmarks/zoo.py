@@ -191,7 +191,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("mlp", "MLP 784-4x1024-10", 16384, mlp),
         ModelSpec("cnn", "CNN 4 conv, 32x32x3", 4096, cnn),
         ModelSpec("mobilenet_v2", "MobileNetV2 a=0.35, 96x96x3", 1024, mobilenet_v2),
-        ModelSpec("lstm", "LSTM(128), 200 tokens", 4096, lstm),
+        ModelSpec("lstm", "LSTM(128), 200 tokens", 2048, lstm),
         ModelSpec("transformer", "Transformer 2x128, 128 tokens", 2048, transformer),
         ModelSpec(
             "batch_attention", "MLP with in-batch attention (memory ~ batch^2)", 8192, batch_attention

@@ -299,9 +299,12 @@ def _verified(
 ) -> int:
     """Verify ``answer`` with real epochs; back off until one fits or the tries run out.
 
-    Returns the verified batch size, or, when none verified, the smallest one tried (the
-    result's ``verified`` is then False: pass a larger margin). Backing off stops when the
-    excess did not shrink with the batch: it is then not the batch's memory.
+    Returns the verified batch size, or, when none verified, the smallest one tried, or on
+    host RAM the batch backed off from it (the result's ``verified`` is then False: pass a
+    larger margin). Backing off stops when the excess did not shrink with the batch (it is
+    then not the batch's memory), and on host RAM after the first verification that passed
+    the bound: what it allocated stays pooled in the process, and a second one starting on
+    top of it (fit first copies the arrays) was OOM-killed in a 880 MiB cgroup.
     """
     free = strategy.limit_bytes - strategy.baseline_bytes
     tolerance = max(int(GROWTH_TOLERANCE * free), MIN_GROWTH_BYTES)
@@ -323,9 +326,11 @@ def _verified(
             return batch_size
         if len(verifications) >= 2 and not _lower(verifications[-1], verifications[-2]):
             break
-        smaller = _backed_off(batch_size, outcome, strategy, line)
+        smaller = _backed_off(batch_size, outcome, strategy, line, memory.oom_is_catchable)
         if smaller < 1:
             return 0
+        if not memory.oom_is_catchable:
+            return smaller
         batch_size = smaller
     return min(v.batch_size for v in verifications)
 
@@ -338,12 +343,17 @@ def _lower(later: VerificationOutcome, earlier: VerificationOutcome) -> bool:
 
 
 def _backed_off(
-    batch_size: int, outcome: VerificationOutcome, strategy: ProbeStrategy, line: Any
+    batch_size: int,
+    outcome: VerificationOutcome,
+    strategy: ProbeStrategy,
+    line: Any,
+    will_verify: bool,
 ) -> int:
     """A batch below ``batch_size`` whose verification should fit: the excess over the bound
     taken off at the measured cost per sample, and half as much again (the peak may be a
-    lower bound when the watchdog stopped it), at least 5% down."""
-    at_most = math.floor(batch_size * 0.95)
+    lower bound when the watchdog stopped it), at least 5% down, or 10% where it will not
+    be verified again (host RAM)."""
+    at_most = math.floor(batch_size * (0.95 if will_verify else 0.9))
     if outcome.peak_bytes is None or line is None or line.bytes_per_sample <= 0:
         return min(at_most, math.floor(batch_size * 0.8))
     excess = outcome.peak_bytes - verification_bound(strategy)

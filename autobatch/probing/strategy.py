@@ -252,7 +252,7 @@ class ProbeStrategy:
             step = self._host_step(history, model)
             if step is None:
                 return None, "the measured peaks scatter by more than the room left"
-            rest = self.usable_bytes - _largest_peaks(history)[largest_fit]
+            rest = self.usable_bytes - max(_largest_peaks(history).values())
             if num_measured >= 3 and edge <= step and rest <= (self.limit_bytes - self.usable_bytes) / 2:
                 # The edge is a safe step (see `_host_step`), and the rest of the way to the
                 # usable memory is at most half the margin. So the answer is the line's edge,
@@ -278,6 +278,11 @@ class ProbeStrategy:
         quarter of the rest, less when an earlier step already cost more than predicted (see
         `surprise`): a step that costs as many times its prediction as the worst seen so far,
         and half as many again, still survives, and is measured before the next.
+
+        The room is counted from the highest peak any trial reached, not the largest batch's:
+        in-process peaks are not monotone (an LSTM at 535 samples peaked at 1055 MiB, then
+        at 570 at 929, once its allocator had handed memory back), and a larger batch that
+        peaked lower is scatter, not room.
         """
         measured = _largest_peaks(history)
         largest = max(measured)
@@ -287,8 +292,9 @@ class ProbeStrategy:
         # fixed cost of training would count as scatter and stall the search.
         line = _least_squares(fitted) if len(fitted) >= 2 else model
         scatter = max(abs(peak - line.predict(b)) for b, peak in fitted.items())
+        scatter = max(scatter, _largest_inversion(measured))
         slope = self._step_slope(measured, model)
-        room = self.limit_bytes - measured[largest] - scatter
+        room = self.limit_bytes - max(measured.values()) - scatter
         if room <= 0:
             return None
         growth = largest * self._growth_limit(history)
@@ -352,6 +358,15 @@ def _largest_peaks(history: list[Observation]) -> dict[int, int]:
         if o.peak_bytes is not None:
             measured[o.batch_size] = max(o.peak_bytes, measured.get(o.batch_size, 0))
     return measured
+
+
+def _largest_inversion(measured: dict[int, int]) -> int:
+    """How much lower, at most, a larger batch peaked than a smaller one (0 when monotone)."""
+    highest, inversion = 0, 0
+    for batch_size in sorted(measured):
+        inversion = max(inversion, highest - measured[batch_size])
+        highest = max(highest, measured[batch_size])
+    return inversion
 
 
 def _least_squares(peaks: dict[int, int]) -> MemoryModel:

@@ -53,6 +53,12 @@ def test_answer_backs_off_when_memory_grows_with_training(mlp, larger_data, catc
 
     first, last = result.verifications[0], result.verifications[-1]
     assert not first.fits and first.error in ("above the safety margin", "out of memory")
+    if not catchable:
+        # Host RAM: what the verification allocated stays pooled in the process, and another
+        # one on top of it could cross the limit: the answer backs off 10%, unverified.
+        assert len(result.verifications) == 1 and not result.verified
+        assert result.max_batch_size <= 0.9 * first.batch_size
+        return
     assert last.fits and result.verified
     assert result.max_batch_size == last.batch_size < first.batch_size
     bound = result.usable_bytes + result.margin_bytes // 2
