@@ -122,9 +122,8 @@ def train_candidate(
     try:
         with memory.trial(candidate.batch_size) as reading, warnings.catch_warnings(), \
                 quiet_retracing():
-            # Expected here: epochs cut short at the end of a pass (see search/space.py), and
-            # Keras' note that shuffle does not apply to a dataset.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            # Keras' note that shuffle does not apply to a dataset. (Epochs never run out of
+            # data: steps_per_epoch divides a pass, see search/space.py.)
             warnings.filterwarnings("ignore", message=".*shuffle=True.*")
             fit(
                 model,

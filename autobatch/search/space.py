@@ -6,13 +6,11 @@ of training *samples* (not epochs, not steps), so a batch of 1024 is compared wi
 candidate is validated (and so where early stopping can end it and which epoch count
 ``fit_kwargs()`` reports).
 
-`epoch_sizes` reproduces how Keras 3 walks through finite data when ``steps_per_epoch`` is
-less than a full pass: the iterator carries on across epochs, and the epoch that reaches the
-end of the data is cut short there (Keras warns "Your input ran out of data"), after which a
-new pass begins. So the epochs of ``model.fit(x, y, batch_size=32, steps_per_epoch=12)`` on
-45 batches are 12, 12, 12, 9, 12, ... steps. Budgets are counted on that exact schedule, so a
-candidate's epochs and samples are the ones the user's own ``model.fit(**fit_kwargs())``
-will run.
+On finite data ``steps_per_epoch`` is always a divisor of the batches in one pass, so an
+epoch never runs past the end of the data: ``model.fit(**fit_kwargs())`` then trains exactly
+``steps_per_epoch * epochs`` steps, with no "Your input ran out of data" warning. `epoch_sizes`
+still counts the samples of each epoch exactly (the last batch of a pass is partial), so a
+candidate's epochs and samples are the ones the user's own ``model.fit`` will run.
 """
 
 from __future__ import annotations
@@ -59,6 +57,17 @@ def default_batch_sizes(max_batch_size: int, num_samples: int | None = None) -> 
         size *= 2
     sizes.append(max_batch_size)
     return sizes
+
+
+def divisors(number: int) -> list[int]:
+    """The positive divisors of ``number``, smallest first.
+
+    Example:
+        >>> divisors(45)
+        [1, 3, 5, 9, 15, 45]
+    """
+    small = [d for d in range(1, math.isqrt(number) + 1) if number % d == 0]
+    return sorted({*small, *(number // d for d in small)})
 
 
 def epoch_sizes(
@@ -134,8 +143,8 @@ class SearchSpace:
     Example:
         >>> space = SearchSpace(num_samples=1437, batch_sizes=(32, 64), epoch_fractions=(0.5, 1.0))
         >>> space.declare(hp)                       # a keras_tuner.HyperParameters
-        >>> space.steps_per_epoch_for(64, {"epoch_fraction": 0.5})
-        12
+        >>> space.steps_per_epoch_for(64, {"epoch_fraction": 0.5})  # 23 batches: a prime
+        23
     """
 
     num_samples: int
@@ -166,13 +175,24 @@ class SearchSpace:
         return math.ceil(self.num_samples / batch_size)
 
     def steps_per_epoch_for(self, batch_size: int, values: dict[str, Any]) -> int:
-        """The candidate's steps_per_epoch: a fraction of a pass, or a step count clamped to a
-        full pass on finite data (more would end the epoch early, see PITFALLS)."""
+        """The candidate's steps_per_epoch: a fraction of a pass, or a step count.
+
+        On finite data it is a divisor of the batches in a pass (the one nearest the fraction,
+        or the largest at or below the step count), so every epoch ends exactly where a pass
+        or a part of it ends. Any other value makes Keras run out of data mid-epoch: it warns
+        "Your input ran out of data" and trains fewer steps than steps_per_epoch x epochs
+        (batch 16, 23 steps on 45 batches, 52 epochs: 1170 steps, not 1196).
+        """
         passes = self.batches_per_pass(batch_size)
         if self.epoch_fractions:
-            return max(1, math.ceil(float(values[EPOCH_FRACTION]) * passes))
+            wanted = float(values[EPOCH_FRACTION]) * passes
+            if self.endless:
+                return max(1, math.ceil(wanted))
+            return min(divisors(passes), key=lambda d: (abs(math.log(d / wanted)), -d))
         steps = int(values[STEPS_PER_EPOCH])
-        return steps if self.endless else min(steps, passes)
+        if self.endless:
+            return steps
+        return max(d for d in divisors(passes) if d <= max(1, steps))
 
     def epoch_sizes(self, batch_size: int, steps_per_epoch: int) -> Iterator[int]:
         return epoch_sizes(self.num_samples, batch_size, steps_per_epoch, endless=self.endless)
