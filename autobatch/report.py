@@ -12,7 +12,7 @@ import traceback
 from typing import Any
 
 from autobatch._units import format_bytes
-from autobatch.results import ProbeResult, ProbeTrial
+from autobatch.results import ProbeResult, ProbeTrial, ranked_trials
 
 
 def _console(stderr: bool = True) -> Any:
@@ -190,14 +190,8 @@ def tune_table(result: Any) -> Any:
 
 
 def distinct_candidates(trials: list[Any]) -> list[Any]:
-    """The best trial of each distinct candidate, best first, failed ones last."""
-    best: dict[tuple, Any] = {}
-    for trial in trials:
-        key = _candidate_key(trial)
-        kept = best.get(key)
-        if kept is None or _ranks_before(trial, kept):
-            best[key] = trial
-    return _ranked_trials(list(best.values()))
+    """The best trial of each distinct candidate, the winner first, failed ones last."""
+    return ranked_trials(trials)
 
 
 def tune_summary(result: Any) -> str:
@@ -347,11 +341,6 @@ def plot_tune(result: Any, directory: Any) -> list:
 _BATCH_HYPERPARAMETERS = {"batch_size", "steps_per_epoch", "epoch_fraction"}
 
 
-def _candidate_key(trial: Any) -> tuple:
-    own = {k: v for k, v in trial.hyperparameters.items() if not k.startswith("tuner/")}
-    return (trial.batch_size, trial.steps_per_epoch, tuple(sorted((k, repr(v)) for k, v in own.items())))
-
-
 def _other_hyperparameter_names(trials: list[Any]) -> list[str]:
     """A HyperModel's own hyperparameters (units, learning rate, ...), for extra columns."""
     names = {
@@ -359,20 +348,6 @@ def _other_hyperparameter_names(trials: list[Any]) -> list[str]:
         if name not in _BATCH_HYPERPARAMETERS and not name.startswith("tuner/")
     }
     return sorted(names)
-
-
-def _ranks_before(trial: Any, other: Any) -> bool:
-    if _has_loss(trial) != _has_loss(other):
-        return _has_loss(trial)
-    if _has_loss(trial):
-        return trial.val_loss < other.val_loss
-    return trial.samples_seen > other.samples_seen
-
-
-def _ranked_trials(trials: list[Any]) -> list[Any]:
-    """Scored candidates by validation loss, then failed ones in the order they ran."""
-    scored = sorted((t for t in trials if _has_loss(t)), key=lambda t: t.val_loss)
-    return scored + [t for t in trials if not _has_loss(t)]
 
 
 def _has_loss(trial: Any) -> bool:
