@@ -167,6 +167,10 @@ class TuneTrial:
     same_as: str | None = None
     """The trial whose result this one repeats without training again (the same effective
     candidate and budget, proposed twice); None when it trained."""
+    shared_run: str | None = None
+    """The trial whose training run this candidate's curve was read from: candidates that
+    differ only in steps_per_epoch train the same steps, so one run validated at the finest
+    of them serves all. None when its own trial ran it. ``seconds`` is that run's time."""
 
 
 #: Hyperparameters every candidate has; the others (a HyperModel's own) tell candidates apart.

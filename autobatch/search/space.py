@@ -177,22 +177,42 @@ class SearchSpace:
     def steps_per_epoch_for(self, batch_size: int, values: dict[str, Any]) -> int:
         """The candidate's steps_per_epoch: a fraction of a pass, or a step count.
 
-        On finite data it is a divisor of the batches in a pass (the one nearest the fraction,
-        or the largest at or below the step count), so every epoch ends exactly where a pass
-        or a part of it ends. Any other value makes Keras run out of data mid-epoch: it warns
-        "Your input ran out of data" and trains fewer steps than steps_per_epoch x epochs
-        (batch 16, 23 steps on 45 batches, 52 epochs: 1170 steps, not 1196).
+        On finite data it is a divisor of the batches in a pass, so every epoch ends exactly
+        where a pass or a part of it ends. Any other value makes Keras run out of data
+        mid-epoch: it warns "Your input ran out of data" and trains fewer steps than
+        steps_per_epoch x epochs (batch 16, 23 steps on 45 batches, 52 epochs: 1170 steps,
+        not 1196). A fraction takes the divisor nearest to it among the divisors of the next
+        larger fraction's steps (45 batches: 45, 15, 15 for 1, 1/2, 1/4), so each candidate's
+        epochs end where the finer candidates' do, and one run validated at the finest of
+        them gives every candidate's curve; a step count takes the largest divisor at or
+        below it.
         """
         passes = self.batches_per_pass(batch_size)
         if self.epoch_fractions:
-            wanted = float(values[EPOCH_FRACTION]) * passes
+            fraction = float(values[EPOCH_FRACTION])
             if self.endless:
-                return max(1, math.ceil(wanted))
-            return min(divisors(passes), key=lambda d: (abs(math.log(d / wanted)), -d))
+                return max(1, math.ceil(fraction * passes))
+            steps = passes
+            for larger in sorted(self.epoch_fractions, reverse=True):
+                if larger < fraction:
+                    break
+                wanted = larger * passes
+                # Never validate more than twice as often as asked (13 batches: 13, not 1).
+                near = [d for d in divisors(steps) if d >= wanted / 2] or [steps]
+                steps = min(near, key=lambda d: (abs(math.log(d / wanted)), -d))
+            return steps
         steps = int(values[STEPS_PER_EPOCH])
         if self.endless:
             return steps
         return max(d for d in divisors(passes) if d <= max(1, steps))
+
+    def steps_choices(self, batch_size: int) -> list[int]:
+        """Every distinct steps_per_epoch of the space at ``batch_size``, smallest first."""
+        name, choices = (
+            (EPOCH_FRACTION, self.epoch_fractions) if self.epoch_fractions
+            else (STEPS_PER_EPOCH, self.steps_per_epoch)
+        )
+        return sorted({self.steps_per_epoch_for(batch_size, {name: c}) for c in choices})
 
     def epoch_sizes(self, batch_size: int, steps_per_epoch: int) -> Iterator[int]:
         return epoch_sizes(self.num_samples, batch_size, steps_per_epoch, endless=self.endless)
@@ -238,7 +258,14 @@ class Budget:
         """The candidate for a trial's hyperparameter values (Hyperband's tuner/epochs included)."""
         batch_size = int(values[BATCH_SIZE])
         steps = space.steps_per_epoch_for(batch_size, values)
-        share = values.get("tuner/epochs", self.hyperband_epochs) / self.hyperband_epochs
+        return self.candidate_at(space, batch_size, steps, values.get("tuner/epochs"))
+
+    def candidate_at(
+        self, space: SearchSpace, batch_size: int, steps: int, hyperband_epochs: int | None
+    ) -> Candidate:
+        """The candidate training ``batch_size`` x ``steps`` on ``hyperband_epochs`` shares of
+        the budget (None: the whole budget)."""
+        share = (hyperband_epochs or self.hyperband_epochs) / self.hyperband_epochs
         samples = None if self.samples is None else max(1, math.ceil(self.samples * share))
         seconds = None if self.seconds is None else self.seconds * share
         if samples is None:

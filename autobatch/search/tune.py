@@ -229,6 +229,8 @@ def tune(
             "min_delta": min_delta, "lr_scaling": lr_scaling, "max_trials": max_trials,
             "reference_batch_size": reference_batch_size if lr_scaling else None,
             "seed": seed,
+            # 2: Keras' validation split, divisor steps, shared runs: old trials differ.
+            "search_version": 2,
             "validation": "given" if validation_data is not None else validation_split,
         }
         directory = Path(directory) if directory is not None else project.default_directory()

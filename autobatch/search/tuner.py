@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from autobatch.data import TrainingData
 from autobatch.errors import InvalidArgumentError, MissingDependencyError
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import TuneTrial
-from autobatch.search.candidate import CandidateOutcome, train_candidate
+from autobatch.search.candidate import CandidateOutcome, train_candidates
 from autobatch.search.hypermodel import BatchHyperModel
 from autobatch.search.space import Budget, Candidate, samples_in_epochs
 
@@ -38,6 +39,8 @@ HYPERBAND_FACTOR = 3
 #: whose large batches all run out of memory fails many in a row and must go on.
 NEVER_ABORT = 1_000_000
 RECORD_FILE = "autobatch_trial.json"
+#: Under the project directory: the outcomes of each shared training run (see `_train`).
+RUNS_DIRECTORY = "autobatch_runs"
 
 
 def hyperband_random_trials(max_epochs: int, factor: int = HYPERBAND_FACTOR) -> int:
@@ -262,20 +265,33 @@ class BatchTuner(keras_tuner.Tuner):
     def on_trial_end(self, trial: Any) -> None:
         super().on_trial_end(trial)
         record = self._finished.get(trial.trial_id)
-        if record is not None:
+        if record is not None and record.same_as is None:  # a repeat is not a new candidate
             self.on_candidate(record)
 
     # --- one candidate -----------------------------------------------------------------
 
     def _train(self, trial: Any, candidate: Candidate) -> TuneTrial:
+        """Train the candidate, or read it off the run that already trained its batch size
+        with the same budget (candidates differing only in steps_per_epoch share one run)."""
         hp = trial.hyperparameters
+        run_name = self._run_name(candidate, hp.values)
+        run = self._load_run(run_name)
+        if run is not None and str(candidate.steps_per_epoch) in run["outcomes"]:
+            outcome = CandidateOutcome(**run["outcomes"][str(candidate.steps_per_epoch)])
+            return self._record(trial, candidate, outcome, run["learning_rate"],
+                                shared_run=run["trial_id"])
+        siblings = {candidate.steps_per_epoch: candidate}
+        for steps in self.hypermodel.space.steps_choices(candidate.batch_size):
+            siblings.setdefault(steps, self.budget.candidate_at(
+                self.hypermodel.space, candidate.batch_size, steps, hp.values.get("tuner/epochs")
+            ))
         model = self.hypermodel.build(hp)
         try:
             learning_rate = self.hypermodel.prepare(model, candidate.batch_size)
-            outcome = train_candidate(
+            outcomes = train_candidates(
                 fit=lambda m, **kwargs: self.hypermodel.fit(hp, m, **kwargs),
                 model=model,
-                candidate=candidate,
+                candidates=[siblings[steps] for steps in sorted(siblings)],
                 train=self.train,
                 validation=self.validation,
                 validation_batch_size=self.validation_batch_size,
@@ -290,10 +306,39 @@ class BatchTuner(keras_tuner.Tuner):
                 f"steps_per_epoch={candidate.steps_per_epoch} failed with "
                 f"{type(error).__name__}: {error}"
             ) from error
-        return self._record(trial, candidate, outcome, learning_rate)
+        self._save_run(run_name, {
+            "trial_id": trial.trial_id, "learning_rate": learning_rate,
+            "outcomes": {str(k): dataclasses.asdict(v) for k, v in outcomes.items()},
+        })
+        return self._record(trial, candidate, outcomes[candidate.steps_per_epoch], learning_rate)
+
+    # --- shared runs: one training run per batch size, budget and HyperModel values ------
+
+    def _run_name(self, candidate: Candidate, values: dict[str, Any]) -> str:
+        own = {k: v for k, v in public_values(values, candidate).items() if k != "steps_per_epoch"}
+        key = json.dumps([own, candidate.budget_samples, candidate.budget_seconds],
+                         sort_keys=True, default=repr)
+        return hashlib.blake2b(key.encode("utf-8"), digest_size=8).hexdigest()
+
+    def _load_run(self, name: str) -> dict[str, Any] | None:
+        path = os.path.join(self.project_dir, RUNS_DIRECTORY, f"{name}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+
+    def _save_run(self, name: str, run: dict[str, Any]) -> None:
+        directory = os.path.join(self.project_dir, RUNS_DIRECTORY)
+        os.makedirs(directory, exist_ok=True)
+        # Written whole then renamed: a search killed mid-write leaves no half a run.
+        path = os.path.join(directory, f"{name}.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as file:
+            json.dump(run, file)
+        os.replace(path + ".tmp", path)
 
     def _record(
-        self, trial: Any, candidate: Candidate, outcome: CandidateOutcome, learning_rate: Any
+        self, trial: Any, candidate: Candidate, outcome: CandidateOutcome, learning_rate: Any,
+        shared_run: str | None = None,
     ) -> TuneTrial:
         space = self.hypermodel.space
         sizes = space.epoch_sizes(candidate.batch_size, candidate.steps_per_epoch)
@@ -322,6 +367,7 @@ class BatchTuner(keras_tuner.Tuner):
             budget_samples=candidate.budget_samples,
             learning_rate=learning_rate,
             peak_bytes=outcome.peak_bytes,
+            shared_run=shared_run,
         )
 
     def _reusable(self, candidate: Candidate, values: dict, trial_id: str) -> TuneTrial | None:

@@ -143,7 +143,7 @@ def test_out_of_memory_candidates_are_skipped_and_the_search_goes_on(tmp_path, p
     assert {t.batch_size for t in failed} == {32, 64}
     assert all(t.error == "out of memory" and t.val_loss is None for t in failed)
     assert result.batch_size == 16
-    assert memory.trial_batch_sizes == [16, 16, 32, 32, 64, 64]
+    assert memory.trial_batch_sizes == [16, 32, 64]  # one run per batch size
 
 
 def test_a_nan_loss_fails_only_that_candidate(tmp_path, probed):
@@ -192,13 +192,14 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, probed):
 
     with pytest.raises(KeyboardInterrupt):
         autobatch.tune(model, (x, y), **small_search(
-            tmp_path, probe=probed, memory=InterruptingMemory(trials=4)))
+            tmp_path, probe=probed, memory=InterruptingMemory(trials=2)))
     assert_untouched(model, before)
 
     memory = FakeMemory(2**40)
     result = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed, memory=memory))
-    # The 4 finished candidates are not trained again: only the interrupted one and the last.
-    assert len(memory.trial_batch_sizes) == 2
+    # One run per batch size: the runs of batch 16 and 32 (4 candidates) are not trained
+    # again, only the interrupted one of batch 64.
+    assert memory.trial_batch_sizes == [64]
     assert len(result.trials) == 6
 
     again = FakeMemory(2**40)
@@ -208,7 +209,7 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, probed):
     fresh = FakeMemory(2**40)
     autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed, memory=fresh,
                                                  overwrite=True))
-    assert len(fresh.trial_batch_sizes) == 6
+    assert fresh.trial_batch_sizes == [16, 32, 64]
     assert_untouched(model, before)
 
 
@@ -477,15 +478,16 @@ def test_an_interrupted_halving_search_resumes_where_it_stopped(tmp_path, probed
     options = dict(tuner="halving", probe=probed)
     with pytest.raises(KeyboardInterrupt):
         autobatch.tune(model, (x, y), **small_search(
-            tmp_path, memory=InterruptingMemory(trials=4), **options))
+            tmp_path, memory=InterruptingMemory(trials=2), **options))
 
     memory = FakeMemory(2**40)
     result = autobatch.tune(model, (x, y), **small_search(tmp_path, memory=memory, **options))
-    # The interrupted candidate, the last of the first round, and the 2 of the second.
-    assert len(memory.trial_batch_sizes) == 4
-    assert len(result.trials) == 8
+    whole = FakeMemory(2**40)
     uninterrupted = autobatch.tune(make_model(), (x, y), **small_search(
-        tmp_path / "whole", **options))
+        tmp_path / "whole", memory=whole, **options))
+    # The two runs of the first round that finished are not trained again.
+    assert memory.trial_batch_sizes == whole.trial_batch_sizes[2:]
+    assert len(result.trials) == 8
     assert [(t.batch_size, t.steps_per_epoch, t.budget_samples) for t in result.trials] == [
         (t.batch_size, t.steps_per_epoch, t.budget_samples) for t in uninterrupted.trials
     ]
