@@ -209,6 +209,8 @@ def tune_summary(result: Any) -> str:
         f"{len(candidates)} candidates ({num_failed} failed, {len(result.trials)} trials) "
         f"searched with {result.tuner} in {result.seconds:.1f} s{budget}."
     )
+    if getattr(result, "out_of_time", False):
+        text += " The time budget ran out first: this is the best candidate so far."
     if len(ranked) >= 2:
         runner_up = ranked[1]
         gap = _relative_gap(runner_up.val_loss, result.val_loss)

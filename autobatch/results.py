@@ -260,6 +260,12 @@ class TuneResult(_JsonMixin):
     """The fraction of the arrays held out, as Keras' ``validation_split`` holds it out (the
     last fraction); None when ``validation_data`` was given. Pass the same to ``model.fit``."""
 
+    out_of_time: bool = False
+    """True when ``time_budget`` ran out before the search finished: the result is the best
+    candidate so far (a candidate cut by it has status "out of time")."""
+    time_budget: float | None = None
+    """The whole search's time budget in seconds; None without one."""
+
     def ranked_trials(self) -> list[TuneTrial]:
         """One trial per distinct candidate, the winner first (see `ranked_trials`)."""
         return ranked_trials(self.trials)

@@ -37,6 +37,8 @@ class CandidateOutcome:
     failure: str | None = None
     """Why the candidate failed ("out of memory", "loss is nan in epoch 3"); None if it did not."""
     peak_bytes: int | None = None
+    out_of_time: bool = False
+    """The whole search's time budget ended it before its own budget or early stopping."""
 
     @property
     def best_epoch(self) -> int | None:
@@ -98,7 +100,9 @@ def shared_run_plan(candidates: list[Candidate]) -> tuple[int, int]:
     return steps, epochs
 
 
-def _watcher(followers: list[_Follower], max_seconds: float | None) -> Any:
+def _watcher(
+    followers: list[_Follower], max_seconds: float | None, deadline: float | None
+) -> Any:
     import keras
 
     class CandidateWatcher(keras.callbacks.Callback):
@@ -112,6 +116,7 @@ def _watcher(followers: list[_Follower], max_seconds: float | None) -> Any:
             self.val_losses: list[float] = []
             self.failure: str | None = None
             self.stopped_by_time = False
+            self.stopped_by_deadline = False
             self.validation_seconds = 0.0
             self._started = self._validation_started = 0.0
 
@@ -140,6 +145,9 @@ def _watcher(followers: list[_Follower], max_seconds: float | None) -> Any:
             if max_seconds is not None and time.perf_counter() - self._started >= max_seconds:
                 self.stopped_by_time = True
                 self.model.stop_training = True
+            if deadline is not None and time.perf_counter() >= deadline:
+                self.stopped_by_deadline = not self.model.stop_training
+                self.model.stop_training = True
 
     return CandidateWatcher()
 
@@ -154,17 +162,20 @@ def train_candidates(
     validation_batch_size: int,
     memory: MemoryBackend,
     min_delta: float,
+    deadline: float | None = None,
 ) -> dict[int, CandidateOutcome]:
     """Train ``model`` once for ``candidates`` (one batch size, several steps_per_epoch and
     the same budget) and return each one's outcome by its steps_per_epoch;
     ``fit(model, **kwargs)`` runs ``model.fit``.
 
     The caller has already given the model its initial weights and a fresh optimizer.
+    ``deadline`` (a ``time.perf_counter()`` value): the whole search's end; the run stops at
+    the first epoch end past it, and the candidates it cut are marked ``out_of_time``.
     """
     batch_size = candidates[0].batch_size
     steps, epochs = shared_run_plan(candidates)
     followers = [_Follower(c, c.steps_per_epoch // steps, min_delta) for c in candidates]
-    watcher = _watcher(followers, candidates[0].budget_seconds)
+    watcher = _watcher(followers, candidates[0].budget_seconds, deadline)
     out_of_memory = False
     started = time.perf_counter()
     try:
@@ -207,6 +218,7 @@ def train_candidates(
             outcome.failure = watcher.failure.replace(
                 f"epoch {run_epoch}", f"epoch {math.ceil(run_epoch / follower.every)}"
             )
+        outcome.out_of_time = watcher.stopped_by_deadline and not follower.done
         outcome.epochs_run = len(follower.val_losses) + (outcome.failure is not None)
         outcome.stopped_early = outcome.epochs_run < follower.candidate.max_epochs
         outcomes[follower.candidate.steps_per_epoch] = outcome

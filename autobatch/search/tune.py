@@ -7,6 +7,7 @@ import contextlib
 import io
 import math
 import numbers
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,6 +55,7 @@ def tune(
     lr_scaling: str | None = None,
     reference_batch_size: int = 32,
     max_trials: int | None = None,
+    time_budget: float | str | None = None,
     num_samples: int | None = None,
     probe: ProbeResult | None = None,
     memory: MemoryBackend | None = None,
@@ -113,6 +115,11 @@ def tune(
         max_trials: At most this many trials (default: a third of the space for random and
             Bayesian search, all of it for grid, the rounds' own schedule for halving and
             hyperband).
+        time_budget: Seconds (or a string such as "90s", "10min", "2h") for the whole call,
+            probe included. When it runs out, the candidate in training stops at its next
+            epoch end and the best candidate so far is returned, with
+            ``result.out_of_time`` set. The same call again with more time resumes the
+            search (the cut candidate is trained again). ``max_trials`` still applies.
         num_samples: Samples in one pass over ``data`` where it cannot tell: an infinite
             dataset, a callable.
         probe: A `ProbeResult` to use instead of probing.
@@ -134,7 +141,8 @@ def tune(
 
     Raises:
         InvalidArgumentError, InvalidDataError, InvalidModelError: bad arguments.
-        AllTrialsFailedError: no candidate trained (each ran out of memory or diverged).
+        AllTrialsFailedError: no candidate trained (each ran out of memory or diverged, or
+            ``time_budget`` ran out before the first one finished an epoch).
         TrialError: training failed for another reason (a bug in the model or the data).
 
     Example:
@@ -162,6 +170,8 @@ def tune(
     )
 
     started = time.perf_counter()
+    seconds_budget = parse_duration(time_budget, "time_budget")
+    deadline = None if seconds_budget is None else started + seconds_budget
     user_hypermodel = model if isinstance(model, keras_tuner.HyperModel) else None
     if user_hypermodel is None:
         check_model(model)
@@ -252,7 +262,7 @@ def tune(
                 oracle, hypermodel, train=train, validation=validation, budget=budget,
                 memory=memory, min_delta=min_delta, validation_batch_size=space.batch_sizes[-1],
                 on_candidate=progress.trial_done, directory=str(directory), project_name=name,
-                overwrite=overwrite,
+                overwrite=overwrite, deadline=deadline,
             )
         search.oracle.verbose = 0  # silence keras-tuner's Display: progress is ours
         try:
@@ -264,16 +274,48 @@ def tune(
                 "search stopped; check that model.fit works on this data at a small batch "
                 f"size. The trials so far are kept in {search.project_dir}."
             ) from error.__cause__
-        records = search.records()
+        records = search.records() + search.cut_records
 
+    if search.out_of_time and not any(r.val_loss is not None for r in records):
+        raise AllTrialsFailedError(
+            f"time_budget={time_budget!r} ran out after {time.perf_counter() - started:.0f} s, "
+            "before any candidate finished an epoch. Give more time, or pass probe= to skip "
+            f"probing; the search resumes from {search.project_dir} when called again."
+        )
     result = _result(
         records, probe=probe, tuner=tuner_used, budget=budget, lr_scaling=lr_scaling,
         seconds=time.perf_counter() - started, directory=search.project_dir,
         versions=library_versions(),
         validation_split=None if validation_data is not None else validation_split,
+        out_of_time=search.out_of_time, time_budget=seconds_budget,
     )
     progress.done(result)
     return result
+
+
+_DURATION_UNITS = {"s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60,
+                   "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600}
+
+
+def parse_duration(value: Any, name: str) -> float | None:
+    """Seconds from a number or a string such as "90s", "10min", "1.5h"; None stays None.
+
+    Example:
+        >>> parse_duration("10min", "time_budget")
+        600.0
+    """
+    if value is None:
+        return None
+    if _is_real(value) and value > 0:
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value.lower()) if isinstance(
+        value, str) else None
+    if match and float(match.group(1)) > 0 and (match.group(2) or "s") in _DURATION_UNITS:
+        return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    raise InvalidArgumentError(
+        f"{name}={value!r}; expected positive seconds or a string such as '90s', '10min' or "
+        "'2h', or None for no limit."
+    )
 
 
 def _distinct_candidates(space: Any) -> list[dict[str, Any]]:
@@ -449,7 +491,7 @@ def _model_to_probe(model: Any, user_hypermodel: Any) -> Any:
 def _result(
     records: list[TuneTrial], *, probe: ProbeResult, tuner: str, budget: Any,
     lr_scaling: str | None, seconds: float, directory: str, versions: dict[str, str],
-    validation_split: float | None,
+    validation_split: float | None, out_of_time: bool = False, time_budget: float | None = None,
 ) -> TuneResult:
     ranked = ranked_trials(records)
     if not ranked or ranked[0].status == "failed" or ranked[0].val_loss is None:
@@ -471,6 +513,8 @@ def _result(
         lr_scaling=lr_scaling,
         directory=directory,
         validation_split=validation_split,
+        out_of_time=out_of_time,
+        time_budget=time_budget,
     )
 
 

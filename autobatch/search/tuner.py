@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from typing import Any, Callable
 
 import keras_tuner
@@ -226,6 +227,7 @@ class BatchTuner(keras_tuner.Tuner):
         directory: str,
         project_name: str,
         overwrite: bool,
+        deadline: float | None = None,
     ) -> None:
         super().__init__(
             oracle, hypermodel, directory=directory, project_name=project_name,
@@ -241,12 +243,25 @@ class BatchTuner(keras_tuner.Tuner):
         self.validation_batch_size = validation_batch_size
         self.on_candidate = on_candidate
         self._finished: dict[str, TuneTrial] = {}
+        # The whole search's end (a time.perf_counter() value), and what ran out of it.
+        self.deadline = deadline
+        self.out_of_time = False
+        self.cut_records: list[TuneTrial] = []
 
     # --- keras-tuner hooks -------------------------------------------------------------
 
     def search(self, *args: Any, **kwargs: Any) -> None:
         with _failed_trial_tracebacks_hidden():
-            super().search(*args, **kwargs)
+            try:
+                super().search(*args, **kwargs)
+            except _OutOfTime:
+                self.out_of_time = True
+                self.on_search_end()
+
+    def pre_create_trial(self) -> None:
+        super().pre_create_trial()
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            raise _OutOfTime
 
     def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
         hp = trial.hyperparameters
@@ -297,6 +312,7 @@ class BatchTuner(keras_tuner.Tuner):
                 validation_batch_size=self.validation_batch_size,
                 memory=self.memory,
                 min_delta=self.min_delta,
+                deadline=self.deadline,
             )
         except (FailedTrialError, FatalError):
             raise  # the caller's HyperModel decided
@@ -306,6 +322,18 @@ class BatchTuner(keras_tuner.Tuner):
                 f"steps_per_epoch={candidate.steps_per_epoch} failed with "
                 f"{type(error).__name__}: {error}"
             ) from error
+        if any(outcome.out_of_time for outcome in outcomes.values()):
+            # Not saved: a search resumed with more time trains this candidate to its end.
+            # The trial stays unfinished in keras-tuner's books, as after Ctrl-C.
+            self.cut_records = [
+                dataclasses.replace(
+                    self._record(trial, siblings[steps], outcome, learning_rate),
+                    status="out of time",
+                )
+                for steps, outcome in outcomes.items()
+                if outcome.failure is None and outcome.val_losses
+            ]
+            raise _OutOfTime
         self._save_run(run_name, {
             "trial_id": trial.trial_id, "learning_rate": learning_rate,
             "outcomes": {str(k): dataclasses.asdict(v) for k, v in outcomes.items()},
@@ -412,6 +440,11 @@ class BatchTuner(keras_tuner.Tuner):
                 known = {f.name for f in dataclasses.fields(TuneTrial)}
                 found.append(TuneTrial(**{k: v for k, v in data.items() if k in known}))
         return found
+
+
+class _OutOfTime(BaseException):
+    """The whole search's time budget ran out. A BaseException, like KeyboardInterrupt, so
+    keras-tuner neither scores nor retries the trial it interrupts: it goes up to `search`."""
 
 
 @contextlib.contextmanager
