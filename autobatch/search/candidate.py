@@ -163,6 +163,7 @@ def train_candidates(
     memory: MemoryBackend,
     min_delta: float,
     deadline: float | None = None,
+    callbacks: list[Any] | None = None,
 ) -> dict[int, CandidateOutcome]:
     """Train ``model`` once for ``candidates`` (one batch size, several steps_per_epoch and
     the same budget) and return each one's outcome by its steps_per_epoch;
@@ -191,7 +192,7 @@ def train_candidates(
                 epochs=epochs,
                 validation_data=validation.validation_inputs(validation_batch_size),
                 validation_batch_size=validation_batch_size,
-                callbacks=[watcher],
+                callbacks=[watcher, *(callbacks or [])],
                 verbose=0,
             )
     except Exception as error:  # noqa: BLE001 - only out-of-memory is swallowed, below

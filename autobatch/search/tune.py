@@ -58,7 +58,9 @@ def tune(
     time_budget: float | str | None = None,
     num_samples: int | None = None,
     probe: ProbeResult | None = None,
+    memory_limit: int | str | None = None,
     memory: MemoryBackend | None = None,
+    callbacks: Sequence[Any] | None = None,
     directory: str | Path | None = None,
     overwrite: bool = False,
     seed: int | None = 0,
@@ -123,8 +125,14 @@ def tune(
         num_samples: Samples in one pass over ``data`` where it cannot tell: an infinite
             dataset, a callable.
         probe: A `ProbeResult` to use instead of probing.
+        memory_limit: Bytes or a size such as ``"6GiB"`` (or ``"+512MiB"``, see
+            `autobatch.probe`): the limit for the probe and for every candidate, instead of
+            the detected one.
         memory: A memory backend (e.g. ``autobatch.FakeMemory``) for the probe and for every
             candidate, instead of the detected one.
+        callbacks: Keras callbacks for every candidate's ``fit``, after autobatch's own (e.g.
+            a TensorBoard or a CSVLogger). Candidates that differ only in steps_per_epoch
+            share one run, so a callback sees that run's epochs (the finest of them).
         directory: Where the trials are kept (default ``~/.cache/autobatch/tune``, under
             ``$AUTOBATCH_CACHE_DIR`` or ``$XDG_CACHE_HOME`` when set; never the current
             directory). The same call with the same directory resumes an interrupted
@@ -190,6 +198,7 @@ def tune(
                 f"{type(model.optimizer).__name__} has a schedule (or wraps another optimizer). "
                 "Use lr_scaling=None, or compile with a float learning_rate."
             )
+    _check_callbacks(callbacks)
     if probe is not None and not isinstance(probe, ProbeResult):
         raise InvalidArgumentError(
             f"probe is a {type(probe).__name__}. Expected the ProbeResult of autobatch.probe(), "
@@ -198,16 +207,27 @@ def tune(
     train, validation = _training_and_validation(
         data, validation_data, validation_split, num_samples
     )
+    if memory is not None and memory_limit is not None:
+        raise InvalidArgumentError(
+            "Both memory= and memory_limit= were given. Pass one: memory_limit overrides the "
+            "detected limit; memory replaces the whole memory backend (which has its own limit)."
+        )
     if memory is None:
+        from autobatch import _units
+        from autobatch.devices import resolve_memory_limit
         from autobatch.memory import detect_memory
 
-        memory = detect_memory()
+        memory = detect_memory(None if memory_limit is None else _units.parse_bytes(
+            resolve_memory_limit(memory_limit)))
 
     keep_model = contextlib.nullcontext() if user_hypermodel else _kept_as_it_was(model)
     with keep_model:
         if probe is None:
             probe = run_probe(
-                _model_to_probe(model, user_hypermodel), train, memory=memory, verbose=verbose
+                _model_to_probe(model, user_hypermodel), train, verbose=verbose,
+                # memory_limit as given: the probe's cache keys a relative "+SIZE" as such.
+                **({"memory_limit": memory_limit} if memory_limit is not None
+                   else {"memory": memory}),
             )
         space = build_space(
             num_samples=train.num_samples,
@@ -262,7 +282,7 @@ def tune(
                 oracle, hypermodel, train=train, validation=validation, budget=budget,
                 memory=memory, min_delta=min_delta, validation_batch_size=space.batch_sizes[-1],
                 on_candidate=progress.trial_done, directory=str(directory), project_name=name,
-                overwrite=overwrite, deadline=deadline,
+                overwrite=overwrite, deadline=deadline, callbacks=list(callbacks or []),
             )
         search.oracle.verbose = 0  # silence keras-tuner's Display: progress is ours
         try:
@@ -409,6 +429,19 @@ def _check_options(
     if max_trials is not None and not (_is_int(max_trials) and max_trials >= 1):
         raise InvalidArgumentError(
             f"max_trials={max_trials!r}; expected a positive integer or None."
+        )
+
+
+def _check_callbacks(callbacks: Any) -> None:
+    import keras
+
+    if callbacks is None:
+        return
+    items = list(callbacks) if isinstance(callbacks, (list, tuple)) else None
+    if items is None or not all(isinstance(c, keras.callbacks.Callback) for c in items):
+        raise InvalidArgumentError(
+            f"callbacks={callbacks!r}; expected a list of keras.callbacks.Callback objects, "
+            "e.g. callbacks=[keras.callbacks.CSVLogger('log.csv')]."
         )
 
 

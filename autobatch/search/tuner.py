@@ -228,6 +228,7 @@ class BatchTuner(keras_tuner.Tuner):
         project_name: str,
         overwrite: bool,
         deadline: float | None = None,
+        callbacks: list[Any] | None = None,
     ) -> None:
         super().__init__(
             oracle, hypermodel, directory=directory, project_name=project_name,
@@ -245,6 +246,7 @@ class BatchTuner(keras_tuner.Tuner):
         self._finished: dict[str, TuneTrial] = {}
         # The whole search's end (a time.perf_counter() value), and what ran out of it.
         self.deadline = deadline
+        self.callbacks = callbacks or []
         self.out_of_time = False
         self.cut_records: list[TuneTrial] = []
 
@@ -313,6 +315,7 @@ class BatchTuner(keras_tuner.Tuner):
                 memory=self.memory,
                 min_delta=self.min_delta,
                 deadline=self.deadline,
+                callbacks=self.callbacks,
             )
         except (FailedTrialError, FatalError):
             raise  # the caller's HyperModel decided
