@@ -10,6 +10,7 @@ import numbers
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -161,139 +162,47 @@ def tune(
     """
     import keras_tuner
 
-    from autobatch import report
-    from autobatch.probing.probe import check_model, library_versions
-    from autobatch.probing.probe import probe as run_probe
-    from autobatch.search import project
-    from autobatch.search.hypermodel import LR_SCALINGS, BatchHyperModel
-    from autobatch.search.space import build_space
-    from autobatch.search.tuner import (
-        HYPERBAND_FACTOR,
-        TUNERS,
-        BatchTuner,
-        halving_round_sizes,
-        hyperband_epochs_for,
-        hyperband_random_trials,
-        make_oracle,
-    )
+    from autobatch.probing.probe import library_versions
 
     started = time.perf_counter()
-    seconds_budget = parse_duration(time_budget, "time_budget")
-    deadline = None if seconds_budget is None else started + seconds_budget
     user_hypermodel = model if isinstance(model, keras_tuner.HyperModel) else None
-    if user_hypermodel is None:
-        check_model(model)
-    _check_options(
-        tuner=tuner, tuners=TUNERS, validation_split=validation_split,
+    _check_arguments(
+        model, user_hypermodel, tuner=tuner, validation_split=validation_split,
         budget_samples=budget_samples, budget_seconds=budget_seconds, patience=patience,
-        min_delta=min_delta, lr_scaling=lr_scaling, lr_scalings=LR_SCALINGS,
-        reference_batch_size=reference_batch_size, max_trials=max_trials,
+        min_delta=min_delta, lr_scaling=lr_scaling, reference_batch_size=reference_batch_size,
+        max_trials=max_trials, callbacks=callbacks, probe=probe,
     )
-    if lr_scaling is not None and user_hypermodel is None:
-        from autobatch.search.hypermodel import learning_rate_of
-
-        if learning_rate_of(model.optimizer) is None:
-            raise InvalidArgumentError(
-                f"lr_scaling={lr_scaling!r} needs a constant learning rate, but the model's "
-                f"{type(model.optimizer).__name__} has a schedule (or wraps another optimizer). "
-                "Use lr_scaling=None, or compile with a float learning_rate."
-            )
-    _check_callbacks(callbacks)
-    if probe is not None and not isinstance(probe, ProbeResult):
-        raise InvalidArgumentError(
-            f"probe is a {type(probe).__name__}. Expected the ProbeResult of autobatch.probe(), "
-            "or None to probe first."
-        )
+    seconds_budget = parse_duration(time_budget, "time_budget")
     train, validation = _training_and_validation(
         data, validation_data, validation_split, num_samples
     )
-    if memory is not None and memory_limit is not None:
-        raise InvalidArgumentError(
-            "Both memory= and memory_limit= were given. Pass one: memory_limit overrides the "
-            "detected limit; memory replaces the whole memory backend (which has its own limit)."
-        )
-    if memory is None:
-        from autobatch import _units
-        from autobatch.devices import resolve_memory_limit
-        from autobatch.memory import detect_memory
-
-        memory = detect_memory(None if memory_limit is None else _units.parse_bytes(
-            resolve_memory_limit(memory_limit)))
-
+    memory = _memory_backend(memory, memory_limit)
     keep_model = contextlib.nullcontext() if user_hypermodel else _kept_as_it_was(model)
     with keep_model:
         if probe is None:
-            probe = run_probe(
-                _model_to_probe(model, user_hypermodel), train, verbose=verbose,
-                # memory_limit as given: the probe's cache keys a relative "+SIZE" as such.
-                **({"memory_limit": memory_limit} if memory_limit is not None
-                   else {"memory": memory}),
-            )
-        space = build_space(
-            num_samples=train.num_samples,
-            max_batch_size=max(1, min(probe.max_batch_size, train.num_samples)),
-            endless=train.endless,
-            batch_sizes=batch_sizes,
-            steps_per_epoch=steps_per_epoch,
-        )
-        tuner_used = tuner
-        if tuner == "halving" and user_hypermodel is not None:
-            # Halving trains every candidate first: a HyperModel's own space may be endless.
-            tuner_used = "hyperband"
-        if tuner_used == "hyperband" and space.size < hyperband_random_trials(3):
-            tuner_used = "grid"  # too few candidates for even the smallest Hyperband
-        if max_trials is None and tuner_used in ("random", "bayesian"):
-            max_trials = max(3, math.ceil(space.size * DEFAULT_TRIAL_SHARE))
-        candidates = None
-        shares = 1
-        if tuner_used == "halving":
-            candidates = _distinct_candidates(space)
-            shares = HYPERBAND_FACTOR ** (len(halving_round_sizes(len(candidates))) - 1)
-        elif tuner_used == "hyperband":
-            shares = hyperband_epochs_for(space.size)
-        budget = _budget(
-            budget_samples, budget_seconds, patience, train.num_samples, hyperband_epochs=shares
+            probe = _probe(model, user_hypermodel, train, memory, memory_limit, verbose)
+        plan = _plan(
+            probe, train, tuner=tuner, user_hypermodel=user_hypermodel, batch_sizes=batch_sizes,
+            steps_per_epoch=steps_per_epoch, budget_samples=budget_samples,
+            budget_seconds=budget_seconds, patience=patience, max_trials=max_trials,
         )
         settings = {
-            "tuner": tuner_used, "space": space.describe(), "budget": budget.describe(),
-            "min_delta": min_delta, "lr_scaling": lr_scaling, "max_trials": max_trials,
+            "tuner": plan.tuner, "space": plan.space.describe(), "budget": plan.budget.describe(),
+            "min_delta": min_delta, "lr_scaling": lr_scaling, "max_trials": plan.max_trials,
             "reference_batch_size": reference_batch_size if lr_scaling else None,
             "seed": seed,
             # 2: Keras' validation split, divisor steps, shared runs: old trials differ.
             "search_version": 2,
             "validation": "given" if validation_data is not None else validation_split,
         }
-        directory = Path(directory) if directory is not None else project.default_directory()
-        name = project.project_name(tuner_used, settings, model, [train, validation])
-        progress = report.tune_progress(verbose)
-        oracle = make_oracle(
-            tuner_used, max_trials=max_trials, seed=None if seed is None else seed + 1,
-            hyperband_epochs=budget.hyperband_epochs, candidates=candidates,
+        search = _search(
+            plan, model, user_hypermodel, train, validation, settings=settings, memory=memory,
+            min_delta=min_delta, lr_scaling=lr_scaling,
+            reference_batch_size=reference_batch_size, seed=seed, directory=directory,
+            overwrite=overwrite,
+            deadline=None if seconds_budget is None else started + seconds_budget,
+            callbacks=list(callbacks or []), verbose=verbose,
         )
-        if max_trials is not None and tuner_used in ("halving", "hyperband"):
-            oracle.max_trials = max_trials
-        hypermodel = BatchHyperModel(
-            space, model=None if user_hypermodel else model, hypermodel=user_hypermodel,
-            lr_scaling=lr_scaling, reference_batch_size=reference_batch_size,
-        )
-        # keras-tuner prints "Reloading Tuner from ..." when it resumes; our progress says so.
-        with contextlib.redirect_stdout(io.StringIO()):
-            search = BatchTuner(
-                oracle, hypermodel, train=train, validation=validation, budget=budget,
-                memory=memory, min_delta=min_delta, validation_batch_size=space.batch_sizes[-1],
-                on_candidate=progress.trial_done, directory=str(directory), project_name=name,
-                overwrite=overwrite, deadline=deadline, callbacks=list(callbacks or []),
-            )
-        search.oracle.verbose = 0  # silence keras-tuner's Display: progress is ours
-        try:
-            with progress:
-                search.search()
-        except keras_tuner.errors.FatalError as error:
-            raise TrialError(
-                f"{error}. This is not an out-of-memory error or a diverging loss, so the "
-                "search stopped; check that model.fit works on this data at a small batch "
-                f"size. The trials so far are kept in {search.project_dir}."
-            ) from error.__cause__
         records = search.records() + search.cut_records
 
     if search.out_of_time and not any(r.val_loss is not None for r in records):
@@ -303,14 +212,185 @@ def tune(
             f"probing; the search resumes from {search.project_dir} when called again."
         )
     result = _result(
-        records, probe=probe, tuner=tuner_used, budget=budget, lr_scaling=lr_scaling,
+        records, probe=probe, tuner=plan.tuner, budget=plan.budget, lr_scaling=lr_scaling,
         seconds=time.perf_counter() - started, directory=search.project_dir,
         versions=library_versions(),
         validation_split=None if validation_data is not None else validation_split,
         out_of_time=search.out_of_time, time_budget=seconds_budget,
     )
-    progress.done(result)
+    search.progress.done(result)
     return result
+
+
+# --- the steps of tune(), in order -------------------------------------------------------
+
+
+def _check_arguments(
+    model: Any, user_hypermodel: Any, *, tuner: Any, validation_split: Any,
+    budget_samples: Any, budget_seconds: Any, patience: Any, min_delta: Any, lr_scaling: Any,
+    reference_batch_size: Any, max_trials: Any, callbacks: Any, probe: Any,
+) -> None:
+    """Raise a typed error for any bad argument, before any work is done."""
+    from autobatch.probing.probe import check_model
+    from autobatch.search.hypermodel import LR_SCALINGS, learning_rate_of
+    from autobatch.search.tuner import TUNERS
+
+    if user_hypermodel is None:
+        check_model(model)
+    _check_options(
+        tuner=tuner, tuners=TUNERS, validation_split=validation_split,
+        budget_samples=budget_samples, budget_seconds=budget_seconds, patience=patience,
+        min_delta=min_delta, lr_scaling=lr_scaling, lr_scalings=LR_SCALINGS,
+        reference_batch_size=reference_batch_size, max_trials=max_trials,
+    )
+    constant_rate = user_hypermodel is not None or learning_rate_of(model.optimizer) is not None
+    if lr_scaling is not None and not constant_rate:
+        raise InvalidArgumentError(
+            f"lr_scaling={lr_scaling!r} needs a constant learning rate, but the model's "
+            f"{type(model.optimizer).__name__} has a schedule (or wraps another optimizer). "
+            "Use lr_scaling=None, or compile with a float learning_rate."
+        )
+    _check_callbacks(callbacks)
+    if probe is not None and not isinstance(probe, ProbeResult):
+        raise InvalidArgumentError(
+            f"probe is a {type(probe).__name__}. Expected the ProbeResult of autobatch.probe(), "
+            "or None to probe first."
+        )
+
+
+def _memory_backend(memory: MemoryBackend | None, memory_limit: Any) -> MemoryBackend:
+    """The memory backend of the probe and the candidates: the given one, or the detected
+    one with ``memory_limit`` applied."""
+    if memory is not None and memory_limit is not None:
+        raise InvalidArgumentError(
+            "Both memory= and memory_limit= were given. Pass one: memory_limit overrides the "
+            "detected limit; memory replaces the whole memory backend (which has its own limit)."
+        )
+    if memory is not None:
+        return memory
+    from autobatch import _units
+    from autobatch.devices import resolve_memory_limit
+    from autobatch.memory import detect_memory
+
+    return detect_memory(None if memory_limit is None else _units.parse_bytes(
+        resolve_memory_limit(memory_limit)))
+
+
+def _probe(
+    model: Any, user_hypermodel: Any, train: TrainingData, memory: MemoryBackend,
+    memory_limit: Any, verbose: int,
+) -> ProbeResult:
+    from autobatch.probing.probe import probe
+
+    return probe(
+        _model_to_probe(model, user_hypermodel), train, verbose=verbose,
+        # memory_limit as given: the probe's cache keys a relative "+SIZE" as such.
+        **({"memory_limit": memory_limit} if memory_limit is not None else {"memory": memory}),
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the search will do: its space, the tuner that walks it, and each candidate's budget."""
+
+    space: Any
+    tuner: str
+    budget: Any
+    max_trials: int | None
+    candidates: list[dict[str, Any]] | None
+    """For "halving": every distinct candidate, in the order the first round trains them."""
+
+
+def _plan(
+    probe: ProbeResult, train: TrainingData, *, tuner: str, user_hypermodel: Any,
+    batch_sizes: Any, steps_per_epoch: Any, budget_samples: int | None,
+    budget_seconds: float | None, patience: float | None, max_trials: int | None,
+) -> _Plan:
+    """The space below the probed limit, the tuner for it, and the budget of a candidate."""
+    from autobatch.search.space import build_space
+    from autobatch.search.tuner import (
+        HYPERBAND_FACTOR,
+        halving_round_sizes,
+        hyperband_epochs_for,
+        hyperband_random_trials,
+    )
+
+    space = build_space(
+        num_samples=train.num_samples,
+        max_batch_size=max(1, min(probe.max_batch_size, train.num_samples)),
+        endless=train.endless,
+        batch_sizes=batch_sizes,
+        steps_per_epoch=steps_per_epoch,
+    )
+    if tuner == "halving" and user_hypermodel is not None:
+        # Halving trains every candidate first: a HyperModel's own space may be endless.
+        tuner = "hyperband"
+    if tuner == "hyperband" and space.size < hyperband_random_trials(3):
+        tuner = "grid"  # too few candidates for even the smallest Hyperband
+    if max_trials is None and tuner in ("random", "bayesian"):
+        max_trials = max(3, math.ceil(space.size * DEFAULT_TRIAL_SHARE))
+    candidates = None
+    shares = 1
+    if tuner == "halving":
+        candidates = _distinct_candidates(space)
+        shares = HYPERBAND_FACTOR ** (len(halving_round_sizes(len(candidates))) - 1)
+    elif tuner == "hyperband":
+        shares = hyperband_epochs_for(space.size)
+    budget = _budget(
+        budget_samples, budget_seconds, patience, train.num_samples, hyperband_epochs=shares
+    )
+    return _Plan(space, tuner, budget, max_trials, candidates)
+
+
+def _search(
+    plan: _Plan, model: Any, user_hypermodel: Any, train: TrainingData,
+    validation: TrainingData, *, settings: dict[str, Any], memory: MemoryBackend,
+    min_delta: float, lr_scaling: str | None, reference_batch_size: int, seed: int | None,
+    directory: str | Path | None, overwrite: bool, deadline: float | None,
+    callbacks: list[Any], verbose: int,
+) -> Any:
+    """Run (or resume) the keras-tuner search of ``plan``; return the finished BatchTuner,
+    its progress display as ``.progress``."""
+    import keras_tuner
+
+    from autobatch import report
+    from autobatch.search import project
+    from autobatch.search.hypermodel import BatchHyperModel
+    from autobatch.search.tuner import BatchTuner, make_oracle
+
+    directory = Path(directory) if directory is not None else project.default_directory()
+    name = project.project_name(plan.tuner, settings, model, [train, validation])
+    progress = report.tune_progress(verbose)
+    oracle = make_oracle(
+        plan.tuner, max_trials=plan.max_trials, seed=None if seed is None else seed + 1,
+        hyperband_epochs=plan.budget.hyperband_epochs, candidates=plan.candidates,
+    )
+    if plan.max_trials is not None and plan.tuner in ("halving", "hyperband"):
+        oracle.max_trials = plan.max_trials
+    hypermodel = BatchHyperModel(
+        plan.space, model=None if user_hypermodel else model, hypermodel=user_hypermodel,
+        lr_scaling=lr_scaling, reference_batch_size=reference_batch_size,
+    )
+    # keras-tuner prints "Reloading Tuner from ..." when it resumes; our progress says so.
+    with contextlib.redirect_stdout(io.StringIO()):
+        search = BatchTuner(
+            oracle, hypermodel, train=train, validation=validation, budget=plan.budget,
+            memory=memory, min_delta=min_delta, validation_batch_size=plan.space.batch_sizes[-1],
+            on_candidate=progress.trial_done, directory=str(directory), project_name=name,
+            overwrite=overwrite, deadline=deadline, callbacks=callbacks,
+        )
+    search.oracle.verbose = 0  # silence keras-tuner's Display: progress is ours
+    search.progress = progress
+    try:
+        with progress:
+            search.search()
+    except keras_tuner.errors.FatalError as error:
+        raise TrialError(
+            f"{error}. This is not an out-of-memory error or a diverging loss, so the "
+            "search stopped; check that model.fit works on this data at a small batch "
+            f"size. The trials so far are kept in {search.project_dir}."
+        ) from error.__cause__
+    return search
 
 
 _DURATION_UNITS = {"s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60,
@@ -493,7 +573,7 @@ def keras_validation_split(data: ArrayData, fraction: float) -> tuple[ArrayData,
     Example:
         >>> train, validation = keras_validation_split(ArrayData(x, y), 0.2)
     """
-    split_at = int(math.floor(data.num_samples * (1.0 - fraction)))  # Keras' own arithmetic
+    split_at = math.floor(data.num_samples * (1.0 - fraction))  # Keras' own arithmetic
     if split_at in (0, data.num_samples):
         raise InvalidDataError(
             f"validation_split={fraction} of {data.num_samples} samples leaves "

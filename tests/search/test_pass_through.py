@@ -7,9 +7,8 @@ import pytest
 
 import autobatch
 from autobatch import InvalidArgumentError
-from tests.search.test_tune import (  # noqa: F401 - probed is a fixture
+from tests.search.test_tune import (
     make_model,
-    probed,
     regression_data,
     small_search,
 )

@@ -8,9 +8,8 @@ import pytest
 import autobatch
 from autobatch.search.candidate import _Follower, shared_run_plan
 from autobatch.search.space import Candidate
-from tests.search.test_tune import (  # noqa: F401 - probed is a fixture
+from tests.search.test_tune import (
     make_model,
-    probed,
     regression_data,
     small_search,
 )

@@ -9,9 +9,8 @@ import pytest
 import autobatch
 from autobatch import FakeMemory, InvalidArgumentError
 from autobatch.search.tune import parse_duration
-from tests.search.test_tune import (  # noqa: F401 - probed is a fixture
+from tests.search.test_tune import (
     make_model,
-    probed,
     regression_data,
     small_search,
 )

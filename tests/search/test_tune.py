@@ -70,16 +70,6 @@ def assert_untouched(model: keras.Model, before: dict) -> None:
     assert (after["loss"], after["metrics"]) == (before["loss"], before["metrics"])
 
 
-@pytest.fixture(scope="module")
-def probed():
-    """One probe for the tests that do not test probing: every batch up to the data fits."""
-    x, y = regression_data(128)
-    # use_cache=False: a module fixture runs before the per-test private cache is set up.
-    return autobatch.probe(
-        make_model(), (x, y), memory=FakeMemory(2**40), use_cache=False, verbose=0
-    )
-
-
 def small_search(tmp_path, **overrides):
     """A grid of 3 batch sizes x 2 steps_per_epoch, 3 passes each: a few seconds."""
     options = dict(
