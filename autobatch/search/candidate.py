@@ -39,6 +39,9 @@ class CandidateOutcome:
     peak_bytes: int | None = None
     out_of_time: bool = False
     """The whole search's time budget ended it before its own budget or early stopping."""
+    samples_cap: int | None = None
+    """Training samples at which its single epoch was cut: the epoch held more than the
+    budget (a first round's share smaller than a pass); None when not cut."""
 
     @property
     def best_epoch(self) -> int | None:
@@ -85,19 +88,28 @@ class _Follower:
             self.stopped_early = True
 
 
-def shared_run_plan(candidates: list[Candidate]) -> tuple[int, int]:
-    """``(steps_per_epoch, epochs)`` of the one run that gives every candidate's curve.
+def shared_run_plan(candidates: list[Candidate]) -> tuple[int, int, list[int]]:
+    """``(steps_per_epoch, epochs, every)`` of the one run that gives every candidate's curve:
+    candidate ``i`` reads every ``every[i]``-th validation of the run.
 
     The candidates share a batch size and differ in steps_per_epoch only, so on the same
     data they train the same steps and differ only in where validation falls (measured:
     bit-identical val_loss for 2, 4 and 8 steps per epoch at batch 16, see
     tests/search/test_shared_runs.py). The run validates at the greatest common divisor of
     their steps_per_epoch (usually the finest of them, see `SearchSpace.steps_per_epoch_for`)
-    and lasts until the longest of them would have ended.
+    and lasts until the longest of them would have ended. A candidate whose single epoch
+    holds more samples than its budget (a first round's share smaller than a pass) reads the
+    first validation at or past the budget instead, so it does not overspend.
     """
     steps = math.gcd(*(c.steps_per_epoch for c in candidates))
-    epochs = max(c.max_epochs * (c.steps_per_epoch // steps) for c in candidates)
-    return steps, epochs
+    every = []
+    for c in candidates:
+        k = c.steps_per_epoch // steps
+        if c.max_epochs == 1 and c.budget_samples is not None:
+            k = min(k, max(1, math.ceil(c.budget_samples / (steps * c.batch_size))))
+        every.append(k)
+    epochs = max(c.max_epochs * k for c, k in zip(candidates, every))
+    return steps, epochs, every
 
 
 def _watcher(
@@ -152,6 +164,19 @@ def _watcher(
     return CandidateWatcher()
 
 
+def _step_cap(steps: int) -> Any:
+    import keras
+
+    class StepCap(keras.callbacks.Callback):
+        """Stops training after ``steps`` steps (used only for a run of one epoch)."""
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if batch + 1 >= steps:
+                self.model.stop_training = True
+
+    return StepCap()
+
+
 def train_candidates(
     *,
     fit: Any,
@@ -174,9 +199,15 @@ def train_candidates(
     the first epoch end past it, and the candidates it cut are marked ``out_of_time``.
     """
     batch_size = candidates[0].batch_size
-    steps, epochs = shared_run_plan(candidates)
-    followers = [_Follower(c, c.steps_per_epoch // steps, min_delta) for c in candidates]
+    steps, epochs, every = shared_run_plan(candidates)
+    followers = [_Follower(c, k, min_delta) for c, k in zip(candidates, every)]
     watcher = _watcher(followers, candidates[0].budget_seconds, deadline)
+    budget = candidates[0].budget_samples
+    cap_steps = None
+    if epochs == 1 and budget is not None and steps * batch_size > budget:
+        # One epoch holds more than the budget: stop inside it (Keras still validates).
+        cap_steps = math.ceil(budget / batch_size)
+        callbacks = [_step_cap(cap_steps), *(callbacks or [])]
     out_of_memory = False
     started = time.perf_counter()
     try:
@@ -213,6 +244,11 @@ def train_candidates(
         outcome = CandidateOutcome(
             val_losses=follower.val_losses, seconds=seconds, train_seconds=train_seconds,
             peak_bytes=reading.peak_bytes,
+            samples_cap=(
+                cap_steps * batch_size if cap_steps is not None
+                else follower.every * steps * batch_size
+                if follower.every < follower.candidate.steps_per_epoch // steps else None
+            ),
         )
         if watcher.failure is not None and not follower.done:
             run_epoch = len(watcher.val_losses) + 1

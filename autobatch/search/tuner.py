@@ -374,6 +374,8 @@ class BatchTuner(keras_tuner.Tuner):
         space = self.hypermodel.space
         sizes = space.epoch_sizes(candidate.batch_size, candidate.steps_per_epoch)
         samples = samples_in_epochs(sizes, outcome.epochs_run)
+        if outcome.samples_cap is not None:
+            samples = min(samples, outcome.samples_cap)
         if outcome.failure is not None:
             status = "failed"
         elif outcome.stopped_early:

@@ -43,7 +43,8 @@ def test_a_coarser_candidate_reads_every_kth_validation_up_to_its_budget():
         follower.see(epoch, loss)
     assert follower.val_losses == [4.0, 2.0] and follower.done and not follower.stopped_early
     # The run lasts until the longest candidate ends, at the finest one's validations.
-    assert shared_run_plan([candidate(2, 8), candidate(4, 4), candidate(8, 3)]) == (2, 12)
+    assert shared_run_plan([candidate(2, 8), candidate(4, 4), candidate(8, 3)]) == (
+        2, 12, [1, 2, 4])
 
 
 def test_one_run_per_batch_size_gives_each_candidate_its_own_fit(tmp_path, probed):
@@ -68,3 +69,19 @@ def test_one_run_per_batch_size_gives_each_candidate_its_own_fit(tmp_path, probe
                             steps_per_epoch=trial.steps_per_epoch, epochs=trial.epochs_run,
                             verbose=0)
         assert history.history["val_loss"] == pytest.approx(trial.val_loss_history, rel=1e-6)
+
+
+def test_a_budget_smaller_than_one_epoch_is_not_overspent(tmp_path, probed):
+    x, y = regression_data()
+    # A whole pass is 128 samples; the budget 96: the run stops inside its only epoch.
+    (trial,) = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path, probe=probed, batch_sizes=[16], steps_per_epoch=[1.0],
+        budget_samples=96)).trials
+    assert (trial.samples_seen, trial.epochs_run) == (96, 1)
+    # Hyperband's first round (a third of the budget): never more than one validation
+    # interval of the shared run (or one batch) over a candidate's budget.
+    result = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path / "hyperband", probe=probed, tuner="hyperband", budget_samples=96, seed=3))
+    for t in result.trials:
+        finest = min(s.steps_per_epoch for s in result.trials if s.batch_size == t.batch_size)
+        assert t.samples_seen <= t.budget_samples + finest * t.batch_size
