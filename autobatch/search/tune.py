@@ -74,9 +74,13 @@ def tune(
     steps_per_epoch (a quarter, half or whole pass over the data). Every candidate starts
     from the model's initial weights with a fresh optimizer and trains on the same number of
     samples (``budget_samples``), validating after each epoch; early stopping ends a
-    hopeless one. Its score is its best ``val_loss``, and ``epochs`` the epoch count that
-    reached it, so ``model.fit(x, y, **result.fit_kwargs())`` repeats the winning run (for a
-    dataset: ``model.fit(dataset.batch(result.batch_size), ...)``). A candidate that runs out
+    hopeless one. Candidates that differ only in steps_per_epoch train the same steps, so
+    they share one run validated at the finest of them. A candidate's score is its best
+    ``val_loss``, and ``epochs`` the epoch count that reached it, so
+    ``model.fit(x, y, validation_split=0.2, **result.fit_kwargs())`` repeats the winning run
+    (exactly, when Keras was seeded with ``keras.utils.set_random_seed`` before the model was
+    built; for a dataset: ``model.fit(dataset.batch(result.batch_size), ...)``). Ties go to
+    the candidate `autobatch.results.ranked_trials` puts first. A candidate that runs out
     of memory or whose loss becomes NaN is skipped. The model's weights, optimizer and compile
     settings are as before afterwards, whatever happens.
 
@@ -158,7 +162,9 @@ def tune(
         >>> result = autobatch.tune(model, (x_train, y_train))
         >>> result.fit_kwargs()
         {'batch_size': 64, 'steps_per_epoch': 12, 'epochs': 31}
-        >>> model.fit(x_train, y_train, **result.fit_kwargs())
+        >>> model.fit(x_train, y_train, validation_split=0.2, **result.fit_kwargs())
+        >>> quick = autobatch.tune(model, (x_train, y_train), probe=limit, time_budget="10min")
+        >>> quick.out_of_time  # True when 10 minutes ran out first: the best so far
     """
     import keras_tuner
 
