@@ -98,8 +98,8 @@ def tune(
             (shuffle arrays sorted by class or time first). Your arrays are not modified.
         tuner: "halving" (the default: successive halving over every candidate, a third
             kept each round; in benchmarks/tune_bench.py its best val_loss was within 0.9%
-            and 1.9% of the grid's on average, 5.7% at worst, at about 0.6 of the grid's
-            time), "hyperband" (keras-tuner's), "bayesian", "random"
+            and 1.9% of the grid's on average, 5.7% at worst, at 0.42 and 0.75 of the
+            grid's time), "hyperband" (keras-tuner's), "bayesian", "random"
             or "grid" (exhaustive). With a HyperModel, "halving" runs Hyperband, and
             Hyperband on a space of fewer than 5 candidates runs the grid instead.
         batch_sizes: Batch sizes to try instead of the default; those above the probed
