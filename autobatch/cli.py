@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "that small data can converge: pass a smaller N for a quicker search)")
     tune.add_argument("--max-trials", type=_positive_int, default=None, metavar="N",
                       help="at most this many candidates (default: depends on the tuner)")
+    tune.add_argument("--time-budget", type=_duration, default=None, metavar="TIME",
+                      help="seconds or e.g. 10min, 2h for the whole search; when it runs out "
+                      "the best candidate so far is returned (default: no limit)")
     tune.add_argument("--directory", type=Path, default=None, metavar="DIR",
                       help="where the search keeps its trials (default: a per-user cache "
                       "directory); running again with the same directory resumes")
@@ -310,6 +313,17 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is below 1")
     return value
+
+
+def _duration(text: str) -> float:
+    from autobatch.search.tune import parse_duration
+
+    try:
+        return parse_duration(text, "time") or 0.0
+    except InvalidArgumentError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give seconds or e.g. 90s, 10min, 2h"
+        ) from None
 
 
 def _int_list(text: str) -> list[int]:
@@ -551,6 +565,7 @@ def _run_tune(args: argparse.Namespace) -> int:
         "steps_per_epoch": args.steps_per_epoch,
         "budget_samples": args.budget_samples,
         "max_trials": args.max_trials,
+        "time_budget": args.time_budget,
         "directory": None if args.directory is None else str(args.directory),
     }
     # Only what the user gave: tune()'s own defaults are the documented best practice.

@@ -201,15 +201,6 @@ def _probe_throughput(figure_class: Any, result: ProbeResult) -> Any:
 # --- tune ---
 
 
-def _ranked(trials: list[TuneTrial]) -> list[TuneTrial]:
-    """Candidates with a validation loss, best first."""
-    return sorted((t for t in trials if _has_loss(t)), key=lambda t: t.val_loss)  # type: ignore[arg-type,return-value]
-
-
-def _is_chosen(trial: TuneTrial, result: TuneResult) -> bool:
-    return (trial.batch_size, trial.steps_per_epoch) == (result.batch_size, result.steps_per_epoch)
-
-
 def _has_loss(trial: TuneTrial) -> bool:
     return trial.val_loss is not None and math.isfinite(trial.val_loss)
 
@@ -282,10 +273,8 @@ def _tune_val_loss(figure_class: Any, result: TuneResult) -> Any:
             norm=_loss_norm(losses), zorder=2,
         )
         figure.colorbar(points, ax=axes, label="best validation loss (lower is better)")
-        # The cell of the result's own choice: among equal losses the search's tie-break decides.
-        chosen = [cell for cell, t in scored.items() if _is_chosen(t, result)]
-        best_cell = chosen[0] if chosen else min(
-            scored, key=lambda cell: scored[cell].val_loss)  # type: ignore[arg-type,return-value]
+        winner = result.ranked_trials()[0]  # the result's own winner, ties settled alike
+        best_cell = (winner.batch_size, row_of(winner))
         for (batch, row), trial in scored.items():
             best = (batch, row) == best_cell
             axes.annotate(
@@ -324,9 +313,7 @@ def _tune_curves(figure_class: Any, result: TuneResult) -> Any:
     """Validation loss against training samples seen, for the best candidates."""
     figure = figure_class(figsize=(_SIZE[0] + 3.0, _SIZE[1]), layout="constrained")
     axes = figure.add_subplot()
-    _, row_of = _epoch_axis(result.trials)
-    distinct = _best_per_cell(result.trials, row_of).values()
-    ranked = sorted(_ranked(list(distinct)), key=lambda t: not _is_chosen(t, result))  # chosen first
+    ranked = [t for t in result.ranked_trials() if _has_loss(t)]  # the winner first
     best = [t for t in ranked if t.val_loss_history][:NUM_CURVES]
     for rank, trial in enumerate(best):
         per_epoch = trial.batch_size * trial.steps_per_epoch

@@ -13,7 +13,7 @@ import traceback
 from typing import Any
 
 from autobatch._units import format_bytes
-from autobatch.results import ProbeResult, ProbeTrial
+from autobatch.results import ProbeResult, ProbeTrial, ranked_trials
 
 #: The width of output that is not a terminal (a file, a pipe, a CI log): wide enough that no
 #: line is ever broken, so a suggested command can be copied back whole.
@@ -324,7 +324,7 @@ def tune_table(result: Any) -> Any:
     """
     from rich.table import Table
 
-    candidates = _chosen_first(result, distinct_candidates(result.trials))
+    candidates = distinct_candidates(result.trials)
     extra = _other_hyperparameter_names(result.trials)
     table = Table(
         title=f"Search: {len(candidates)} candidates, {len(result.trials)} trials ({result.tuner})",
@@ -353,19 +353,13 @@ def tune_table(result: Any) -> Any:
 
 
 def distinct_candidates(trials: list[Any]) -> list[Any]:
-    """The best trial of each distinct candidate, best first, failed ones last."""
-    best: dict[tuple, Any] = {}
-    for trial in trials:
-        key = _candidate_key(trial)
-        kept = best.get(key)
-        if kept is None or _ranks_before(trial, kept):
-            best[key] = trial
-    return _ranked_trials(list(best.values()))
+    """The best trial of each distinct candidate, the winner first, failed ones last."""
+    return ranked_trials(trials)
 
 
 def tune_summary(result: Any) -> str:
     """One paragraph: the settings to train with, why, and the memory headroom at that batch."""
-    candidates = _chosen_first(result, distinct_candidates(result.trials))
+    candidates = distinct_candidates(result.trials)
     ranked = [t for t in candidates if _has_loss(t)]
     num_failed = len(candidates) - len(ranked)
     budget = (
@@ -378,6 +372,8 @@ def tune_summary(result: Any) -> str:
         f"{len(candidates)} candidates ({num_failed} failed, {len(result.trials)} trials) "
         f"searched with {result.tuner} in {result.seconds:.1f} s{budget}."
     )
+    if getattr(result, "out_of_time", False):
+        text += " The time budget ran out first: this is the best candidate so far."
     if len(ranked) >= 2:
         runner_up = ranked[1]
         gap = _relative_gap(runner_up.val_loss, result.val_loss)
@@ -510,22 +506,6 @@ def plot_tune(result: Any, directory: Any) -> list:
 _BATCH_HYPERPARAMETERS = {"batch_size", "steps_per_epoch", "epoch_fraction"}
 
 
-def _candidate_key(trial: Any) -> tuple:
-    own = {k: v for k, v in trial.hyperparameters.items() if not k.startswith("tuner/")}
-    return (trial.batch_size, trial.steps_per_epoch, tuple(sorted((k, repr(v)) for k, v in own.items())))
-
-
-def _chosen_first(result: Any, candidates: list[Any]) -> list[Any]:
-    """``candidates`` with the one the result chose first: among equal losses the search's
-    own tie-break decides, and the table, the summary and the plots must name the same one."""
-    own = {k: v for k, v in result.hyperparameters.items() if not k.startswith("tuner/")}
-    key = (result.batch_size, result.steps_per_epoch, tuple(sorted((k, repr(v)) for k, v in own.items())))
-    chosen = next((t for t in candidates if _has_loss(t) and _candidate_key(t) == key), None)
-    if chosen is None:  # a result written by hand or by an older version: the ranking decides
-        return candidates
-    return [chosen] + [t for t in candidates if t is not chosen]
-
-
 def _other_hyperparameter_names(trials: list[Any]) -> list[str]:
     """A HyperModel's own hyperparameters (units, learning rate, ...), for extra columns."""
     names = {
@@ -533,20 +513,6 @@ def _other_hyperparameter_names(trials: list[Any]) -> list[str]:
         if name not in _BATCH_HYPERPARAMETERS and not name.startswith("tuner/")
     }
     return sorted(names)
-
-
-def _ranks_before(trial: Any, other: Any) -> bool:
-    if _has_loss(trial) != _has_loss(other):
-        return _has_loss(trial)
-    if _has_loss(trial):
-        return trial.val_loss < other.val_loss
-    return trial.samples_seen > other.samples_seen
-
-
-def _ranked_trials(trials: list[Any]) -> list[Any]:
-    """Scored candidates by validation loss, then failed ones in the order they ran."""
-    scored = sorted((t for t in trials if _has_loss(t)), key=lambda t: t.val_loss)
-    return scored + [t for t in trials if not _has_loss(t)]
 
 
 def _has_loss(trial: Any) -> bool:

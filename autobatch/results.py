@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -212,6 +213,64 @@ class TuneTrial:
     same_as: str | None = None
     """The trial whose result this one repeats without training again (the same effective
     candidate and budget, proposed twice); None when it trained."""
+    shared_run: str | None = None
+    """The trial whose training run this candidate's curve was read from: candidates that
+    differ only in steps_per_epoch train the same steps, so one run validated at the finest
+    of them serves all. None when its own trial ran it. ``seconds`` is that run's time."""
+
+
+#: Hyperparameters every candidate has; the others (a HyperModel's own) tell candidates apart.
+_BATCH_SETTINGS = frozenset({"batch_size", "steps_per_epoch", "epoch_fraction"})
+
+
+def ranked_trials(trials: list[TuneTrial]) -> list[TuneTrial]:
+    """One trial per distinct candidate, the winner first, then by the same order; failed
+    candidates last, in the order they ran.
+
+    A candidate is what ``model.fit`` receives: batch size, steps_per_epoch and a
+    HyperModel's own hyperparameters (two fractions of a pass that give the same step count
+    are one candidate). Its trial is its best one (successive halving and Hyperband train
+    a candidate several times). The order, so that ties are settled the same way in the
+    result, the summary, the table and every plot:
+
+    1. lower best val_loss;
+    2. fewer training samples to reach it (the cheaper run);
+    3. larger batch size (faster per sample);
+    4. more steps_per_epoch (fewer validations);
+    5. earlier trial.
+
+    Example:
+        >>> winner, runner_up = ranked_trials(result.trials)[:2]
+    """
+    best: dict[tuple, TuneTrial] = {}
+    for trial in trials:
+        key = _candidate_key(trial)
+        kept = best.get(key)
+        if kept is None or _rank_key(trial) < _rank_key(kept):
+            best[key] = trial
+    scored = sorted((t for t in best.values() if _is_scored(t)), key=_rank_key)
+    return scored + [t for t in best.values() if not _is_scored(t)]
+
+
+def _is_scored(trial: TuneTrial) -> bool:
+    return trial.val_loss is not None and math.isfinite(trial.val_loss)
+
+
+def _candidate_key(trial: TuneTrial) -> tuple:
+    own = {k: v for k, v in trial.hyperparameters.items()
+           if k not in _BATCH_SETTINGS and not k.startswith("tuner/")}
+    return (trial.batch_size, trial.steps_per_epoch, tuple(sorted((k, repr(v)) for k, v in own.items())))
+
+
+def _rank_key(trial: TuneTrial) -> tuple:
+    if not _is_scored(trial):  # among a candidate's failed trials, the one that went furthest
+        return (1, 0.0, -trial.samples_seen, 0, 0, 0, "")
+    samples_to_best = min(
+        trial.samples_seen, (trial.best_epoch or 0) * trial.steps_per_epoch * trial.batch_size
+    )
+    trial_id = trial.trial_id or ""
+    return (0, trial.val_loss, samples_to_best, -trial.batch_size, -trial.steps_per_epoch,
+            len(trial_id), trial_id)  # ids "9" < "10": by length first
 
 
 @dataclass(frozen=True)
@@ -243,6 +302,19 @@ class TuneResult(_JsonMixin):
     lr_scaling: str | None = None
     directory: str | None = None
     """The project directory holding the trials; calling tune again with it resumes."""
+    validation_split: float | None = None
+    """The fraction of the arrays held out, as Keras' ``validation_split`` holds it out (the
+    last fraction); None when ``validation_data`` was given. Pass the same to ``model.fit``."""
+
+    out_of_time: bool = False
+    """True when ``time_budget`` ran out before the search finished: the result is the best
+    candidate so far (a candidate cut by it has status "out of time")."""
+    time_budget: float | None = None
+    """The whole search's time budget in seconds; None without one."""
+
+    def ranked_trials(self) -> list[TuneTrial]:
+        """One trial per distinct candidate, the winner first (see `ranked_trials`)."""
+        return ranked_trials(self.trials)
 
     def fit_kwargs(self) -> dict[str, int]:
         """Keyword arguments for ``model.fit``: batch_size, steps_per_epoch and epochs."""

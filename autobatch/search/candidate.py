@@ -1,10 +1,12 @@
-"""Training one search candidate: one ``model.fit`` call on the shared budget, watched.
+"""Training search candidates: one ``model.fit`` call per batch size and budget, watched.
 
-The call is the one ``model.fit(x, y, **result.fit_kwargs())`` will make: the same
-``batch_size`` and ``steps_per_epoch`` on the same data form, with ``epochs`` set by the
-candidate's budget. Validation runs after every epoch; early stopping on ``val_loss`` ends a
-hopeless candidate. Out-of-memory errors and non-finite losses end the candidate as *failed*;
-any other error is a real problem and propagates.
+Candidates that differ only in steps_per_epoch train the same steps on the same data; only
+where validation falls differs. So one call, validated at the finest of their
+steps_per_epoch, gives every one's learning curve: each reads every k-th validation, stops
+where early stopping on ``val_loss`` would have stopped it, and its run is exactly the one
+``model.fit(x, y, **result.fit_kwargs())`` makes (same batch_size, same steps; steps_per_epoch
+only moves the validations). Out-of-memory errors and non-finite losses end the candidates as
+*failed*; any other error is a real problem and propagates.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ class CandidateOutcome:
     failure: str | None = None
     """Why the candidate failed ("out of memory", "loss is nan in epoch 3"); None if it did not."""
     peak_bytes: int | None = None
+    out_of_time: bool = False
+    """The whole search's time budget ended it before its own budget or early stopping."""
+    samples_cap: int | None = None
+    """Training samples at which its single epoch was cut: the epoch held more than the
+    budget (a first round's share smaller than a pass); None when not cut."""
 
     @property
     def best_epoch(self) -> int | None:
@@ -49,19 +56,79 @@ class CandidateOutcome:
         return None if epoch is None else self.val_losses[epoch - 1]
 
 
-def _watcher(max_seconds: float | None) -> Any:
+@dataclass
+class _Follower:
+    """One candidate read off a shared run: it sees every ``every``-th validation of the run
+    and stops as Keras' ``EarlyStopping(monitor="val_loss", patience=..., min_delta=...)``
+    would have stopped it, or at its own last epoch."""
+
+    candidate: Candidate
+    every: int
+    min_delta: float
+    val_losses: list[float] = field(default_factory=list)
+    best: float | None = None
+    wait: int = 0
+    stopped_early: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.stopped_early or len(self.val_losses) >= self.candidate.max_epochs
+
+    def see(self, run_epoch: int, val_loss: float) -> None:
+        """The run's 1-based epoch ``run_epoch`` ended with ``val_loss``."""
+        if self.done or run_epoch % self.every:
+            return
+        self.val_losses.append(val_loss)
+        self.wait += 1
+        if self.best is None or val_loss + self.min_delta < self.best:
+            self.best, self.wait = val_loss, 0
+        elif self.candidate.patience_epochs is not None and (
+            self.wait >= self.candidate.patience_epochs
+        ):
+            self.stopped_early = True
+
+
+def shared_run_plan(candidates: list[Candidate]) -> tuple[int, int, list[int]]:
+    """``(steps_per_epoch, epochs, every)`` of the one run that gives every candidate's curve:
+    candidate ``i`` reads every ``every[i]``-th validation of the run.
+
+    The candidates share a batch size and differ in steps_per_epoch only, so on the same
+    data they train the same steps and differ only in where validation falls (measured:
+    bit-identical val_loss for 2, 4 and 8 steps per epoch at batch 16, see
+    tests/search/test_shared_runs.py). The run validates at the greatest common divisor of
+    their steps_per_epoch (usually the finest of them, see `SearchSpace.steps_per_epoch_for`)
+    and lasts until the longest of them would have ended. A candidate whose single epoch
+    holds more samples than its budget (a first round's share smaller than a pass) reads the
+    first validation at or past the budget instead, so it does not overspend.
+    """
+    steps = math.gcd(*(c.steps_per_epoch for c in candidates))
+    every = []
+    for c in candidates:
+        k = c.steps_per_epoch // steps
+        if c.max_epochs == 1 and c.budget_samples is not None:
+            k = min(k, max(1, math.ceil(c.budget_samples / (steps * c.batch_size))))
+        every.append(k)
+    epochs = max(c.max_epochs * k for c, k in zip(candidates, every))
+    return steps, epochs, every
+
+
+def _watcher(
+    followers: list[_Follower], max_seconds: float | None, deadline: float | None
+) -> Any:
     import keras
 
     class CandidateWatcher(keras.callbacks.Callback):
-        """Records val_loss per epoch, stops on a non-finite loss or at the time budget, and
-        times training apart from validation. Epoch-level only: a per-step hook would wait
-        for every step's loss and slow a GPU down."""
+        """Records val_loss per epoch, stops on a non-finite loss, at the time budget or when
+        every candidate following the run has stopped, and times training apart from
+        validation. Epoch-level only: a per-step hook would wait for every step's loss and
+        slow a GPU down."""
 
         def __init__(self) -> None:
             super().__init__()
             self.val_losses: list[float] = []
             self.failure: str | None = None
             self.stopped_by_time = False
+            self.stopped_by_deadline = False
             self.validation_seconds = 0.0
             self._started = self._validation_started = 0.0
 
@@ -83,73 +150,113 @@ def _watcher(max_seconds: float | None) -> Any:
                     self.model.stop_training = True
                     return
             self.val_losses.append(float(logs["val_loss"]))
+            for follower in followers:
+                follower.see(epoch + 1, self.val_losses[-1])
+            if all(f.done for f in followers):
+                self.model.stop_training = True
             if max_seconds is not None and time.perf_counter() - self._started >= max_seconds:
                 self.stopped_by_time = True
+                self.model.stop_training = True
+            if deadline is not None and time.perf_counter() >= deadline:
+                self.stopped_by_deadline = not self.model.stop_training
                 self.model.stop_training = True
 
     return CandidateWatcher()
 
 
-def train_candidate(
+def _step_cap(steps: int) -> Any:
+    import keras
+
+    class StepCap(keras.callbacks.Callback):
+        """Stops training after ``steps`` steps (used only for a run of one epoch)."""
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if batch + 1 >= steps:
+                self.model.stop_training = True
+
+    return StepCap()
+
+
+def train_candidates(
     *,
     fit: Any,
     model: Any,
-    candidate: Candidate,
+    candidates: list[Candidate],
     train: TrainingData,
     validation: TrainingData,
     validation_batch_size: int,
     memory: MemoryBackend,
     min_delta: float,
-) -> CandidateOutcome:
-    """Train ``model`` as ``candidate`` says; ``fit(model, **kwargs)`` runs ``model.fit``.
+    deadline: float | None = None,
+    callbacks: list[Any] | None = None,
+) -> dict[int, CandidateOutcome]:
+    """Train ``model`` once for ``candidates`` (one batch size, several steps_per_epoch and
+    the same budget) and return each one's outcome by its steps_per_epoch;
+    ``fit(model, **kwargs)`` runs ``model.fit``.
 
     The caller has already given the model its initial weights and a fresh optimizer.
+    ``deadline`` (a ``time.perf_counter()`` value): the whole search's end; the run stops at
+    the first epoch end past it, and the candidates it cut are marked ``out_of_time``.
     """
-    import keras
-
-    watcher = _watcher(candidate.budget_seconds)
-    callbacks = [watcher]
-    if candidate.patience_epochs is not None:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", mode="min", patience=candidate.patience_epochs,
-                min_delta=min_delta,
-            )
-        )
-    outcome = CandidateOutcome()
+    batch_size = candidates[0].batch_size
+    steps, epochs, every = shared_run_plan(candidates)
+    followers = [_Follower(c, k, min_delta) for c, k in zip(candidates, every)]
+    watcher = _watcher(followers, candidates[0].budget_seconds, deadline)
+    budget = candidates[0].budget_samples
+    cap_steps = None
+    if epochs == 1 and budget is not None and steps * batch_size > budget:
+        # One epoch holds more than the budget: stop inside it (Keras still validates).
+        cap_steps = math.ceil(budget / batch_size)
+        callbacks = [_step_cap(cap_steps), *(callbacks or [])]
     out_of_memory = False
     started = time.perf_counter()
     try:
-        with memory.trial(candidate.batch_size) as reading, warnings.catch_warnings(), \
+        with memory.trial(batch_size) as reading, warnings.catch_warnings(), \
                 quiet_retracing():
-            # Expected here: epochs cut short at the end of a pass (see search/space.py), and
-            # Keras' note that shuffle does not apply to a dataset.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            # Keras' note that shuffle does not apply to a dataset. (Epochs never run out of
+            # data: steps_per_epoch divides a pass, see search/space.py.)
             warnings.filterwarnings("ignore", message=".*shuffle=True.*")
             fit(
                 model,
-                **train.search_inputs(candidate.batch_size),
-                steps_per_epoch=candidate.steps_per_epoch,
-                epochs=candidate.max_epochs,
+                **train.search_inputs(batch_size),
+                steps_per_epoch=steps,
+                epochs=epochs,
                 validation_data=validation.validation_inputs(validation_batch_size),
                 validation_batch_size=validation_batch_size,
-                callbacks=callbacks,
+                callbacks=[watcher, *(callbacks or [])],
                 verbose=0,
             )
     except Exception as error:  # noqa: BLE001 - only out-of-memory is swallowed, below
         if not memory.is_out_of_memory(error):
             raise
         out_of_memory = True
-    outcome.seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     if out_of_memory:
         # Outside the except block: its traceback no longer pins the failed step's tensors.
         memory.release()
-        outcome.failure = "out of memory"
-        return outcome
-    outcome.peak_bytes = reading.peak_bytes
-    outcome.val_losses = watcher.val_losses
-    outcome.failure = watcher.failure
-    outcome.epochs_run = len(watcher.val_losses) + (watcher.failure is not None)
-    outcome.train_seconds = max(0.0, outcome.seconds - watcher.validation_seconds)
-    outcome.stopped_early = outcome.epochs_run < candidate.max_epochs
-    return outcome
+        return {
+            c.steps_per_epoch: CandidateOutcome(seconds=seconds, failure="out of memory")
+            for c in candidates
+        }
+    train_seconds = max(0.0, seconds - watcher.validation_seconds)
+    outcomes = {}
+    for follower in followers:
+        outcome = CandidateOutcome(
+            val_losses=follower.val_losses, seconds=seconds, train_seconds=train_seconds,
+            peak_bytes=reading.peak_bytes,
+            samples_cap=(
+                cap_steps * batch_size if cap_steps is not None
+                else follower.every * steps * batch_size
+                if follower.every < follower.candidate.steps_per_epoch // steps else None
+            ),
+        )
+        if watcher.failure is not None and not follower.done:
+            run_epoch = len(watcher.val_losses) + 1
+            outcome.failure = watcher.failure.replace(
+                f"epoch {run_epoch}", f"epoch {math.ceil(run_epoch / follower.every)}"
+            )
+        outcome.out_of_time = watcher.stopped_by_deadline and not follower.done
+        outcome.epochs_run = len(follower.val_losses) + (outcome.failure is not None)
+        outcome.stopped_early = outcome.epochs_run < follower.candidate.max_epochs
+        outcomes[follower.candidate.steps_per_epoch] = outcome
+    return outcomes

@@ -6,13 +6,11 @@ of training *samples* (not epochs, not steps), so a batch of 1024 is compared wi
 candidate is validated (and so where early stopping can end it and which epoch count
 ``fit_kwargs()`` reports).
 
-`epoch_sizes` reproduces how Keras 3 walks through finite data when ``steps_per_epoch`` is
-less than a full pass: the iterator carries on across epochs, and the epoch that reaches the
-end of the data is cut short there (Keras warns "Your input ran out of data"), after which a
-new pass begins. So the epochs of ``model.fit(x, y, batch_size=32, steps_per_epoch=12)`` on
-45 batches are 12, 12, 12, 9, 12, ... steps. Budgets are counted on that exact schedule, so a
-candidate's epochs and samples are the ones the user's own ``model.fit(**fit_kwargs())``
-will run.
+On finite data ``steps_per_epoch`` is always a divisor of the batches in one pass, so an
+epoch never runs past the end of the data: ``model.fit(**fit_kwargs())`` then trains exactly
+``steps_per_epoch * epochs`` steps, with no "Your input ran out of data" warning. `epoch_sizes`
+still counts the samples of each epoch exactly (the last batch of a pass is partial), so a
+candidate's epochs and samples are the ones the user's own ``model.fit`` will run.
 """
 
 from __future__ import annotations
@@ -59,6 +57,17 @@ def default_batch_sizes(max_batch_size: int, num_samples: int | None = None) -> 
         size *= 2
     sizes.append(max_batch_size)
     return sizes
+
+
+def divisors(number: int) -> list[int]:
+    """The positive divisors of ``number``, smallest first.
+
+    Example:
+        >>> divisors(45)
+        [1, 3, 5, 9, 15, 45]
+    """
+    small = [d for d in range(1, math.isqrt(number) + 1) if number % d == 0]
+    return sorted({*small, *(number // d for d in small)})
 
 
 def epoch_sizes(
@@ -134,8 +143,8 @@ class SearchSpace:
     Example:
         >>> space = SearchSpace(num_samples=1437, batch_sizes=(32, 64), epoch_fractions=(0.5, 1.0))
         >>> space.declare(hp)                       # a keras_tuner.HyperParameters
-        >>> space.steps_per_epoch_for(64, {"epoch_fraction": 0.5})
-        12
+        >>> space.steps_per_epoch_for(64, {"epoch_fraction": 0.5})  # 23 batches: a prime
+        23
     """
 
     num_samples: int
@@ -166,13 +175,44 @@ class SearchSpace:
         return math.ceil(self.num_samples / batch_size)
 
     def steps_per_epoch_for(self, batch_size: int, values: dict[str, Any]) -> int:
-        """The candidate's steps_per_epoch: a fraction of a pass, or a step count clamped to a
-        full pass on finite data (more would end the epoch early, see PITFALLS)."""
+        """The candidate's steps_per_epoch: a fraction of a pass, or a step count.
+
+        On finite data it is a divisor of the batches in a pass, so every epoch ends exactly
+        where a pass or a part of it ends. Any other value makes Keras run out of data
+        mid-epoch: it warns "Your input ran out of data" and trains fewer steps than
+        steps_per_epoch x epochs (batch 16, 23 steps on 45 batches, 52 epochs: 1170 steps,
+        not 1196). A fraction takes the divisor nearest to it among the divisors of the next
+        larger fraction's steps (45 batches: 45, 15, 15 for 1, 1/2, 1/4), so each candidate's
+        epochs end where the finer candidates' do, and one run validated at the finest of
+        them gives every candidate's curve; a step count takes the largest divisor at or
+        below it.
+        """
         passes = self.batches_per_pass(batch_size)
         if self.epoch_fractions:
-            return max(1, math.ceil(float(values[EPOCH_FRACTION]) * passes))
+            fraction = float(values[EPOCH_FRACTION])
+            if self.endless:
+                return max(1, math.ceil(fraction * passes))
+            steps = passes
+            for larger in sorted(self.epoch_fractions, reverse=True):
+                if larger < fraction:
+                    break
+                wanted = larger * passes
+                # Never validate more than twice as often as asked (13 batches: 13, not 1).
+                near = [d for d in divisors(steps) if d >= wanted / 2] or [steps]
+                steps = min(near, key=lambda d: (abs(math.log(d / wanted)), -d))
+            return steps
         steps = int(values[STEPS_PER_EPOCH])
-        return steps if self.endless else min(steps, passes)
+        if self.endless:
+            return steps
+        return max(d for d in divisors(passes) if d <= max(1, steps))
+
+    def steps_choices(self, batch_size: int) -> list[int]:
+        """Every distinct steps_per_epoch of the space at ``batch_size``, smallest first."""
+        name, choices = (
+            (EPOCH_FRACTION, self.epoch_fractions) if self.epoch_fractions
+            else (STEPS_PER_EPOCH, self.steps_per_epoch)
+        )
+        return sorted({self.steps_per_epoch_for(batch_size, {name: c}) for c in choices})
 
     def epoch_sizes(self, batch_size: int, steps_per_epoch: int) -> Iterator[int]:
         return epoch_sizes(self.num_samples, batch_size, steps_per_epoch, endless=self.endless)
@@ -218,7 +258,14 @@ class Budget:
         """The candidate for a trial's hyperparameter values (Hyperband's tuner/epochs included)."""
         batch_size = int(values[BATCH_SIZE])
         steps = space.steps_per_epoch_for(batch_size, values)
-        share = values.get("tuner/epochs", self.hyperband_epochs) / self.hyperband_epochs
+        return self.candidate_at(space, batch_size, steps, values.get("tuner/epochs"))
+
+    def candidate_at(
+        self, space: SearchSpace, batch_size: int, steps: int, hyperband_epochs: int | None
+    ) -> Candidate:
+        """The candidate training ``batch_size`` x ``steps`` on ``hyperband_epochs`` shares of
+        the budget (None: the whole budget)."""
+        share = (hyperband_epochs or self.hyperband_epochs) / self.hyperband_epochs
         samples = None if self.samples is None else max(1, math.ceil(self.samples * share))
         seconds = None if self.seconds is None else self.seconds * share
         if samples is None:

@@ -7,10 +7,14 @@ import contextlib
 import io
 import math
 import numbers
+import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from autobatch.data import ArrayData, DatasetData, TrainingData, as_training_data
 from autobatch.data_check import check_data_matches_model
@@ -22,7 +26,7 @@ from autobatch.errors import (
     describe_backend_error,
 )
 from autobatch.memory.base import MemoryBackend
-from autobatch.results import ProbeResult, TuneResult, TuneTrial
+from autobatch.results import ProbeResult, TuneResult, TuneTrial, ranked_trials
 
 #: The equal budget of every candidate: this many passes over the training data, and at
 #: least DEFAULT_MIN_BUDGET_SAMPLES samples. On small data the best candidates need tens of
@@ -54,9 +58,12 @@ def tune(
     lr_scaling: str | None = None,
     reference_batch_size: int = 32,
     max_trials: int | None = None,
+    time_budget: float | str | None = None,
     num_samples: int | None = None,
     probe: ProbeResult | None = None,
+    memory_limit: int | str | None = None,
     memory: MemoryBackend | None = None,
+    callbacks: Sequence[Any] | None = None,
     directory: str | Path | None = None,
     overwrite: bool = False,
     seed: int | None = 0,
@@ -69,9 +76,13 @@ def tune(
     steps_per_epoch (a quarter, half or whole pass over the data). Every candidate starts
     from the model's initial weights with a fresh optimizer and trains on the same number of
     samples (``budget_samples``), validating after each epoch; early stopping ends a
-    hopeless one. Its score is its best ``val_loss``, and ``epochs`` the epoch count that
-    reached it, so ``model.fit(x, y, **result.fit_kwargs())`` repeats the winning run (for a
-    dataset: ``model.fit(dataset.batch(result.batch_size), ...)``). A candidate that runs out
+    hopeless one. Candidates that differ only in steps_per_epoch train the same steps, so
+    they share one run validated at the finest of them. A candidate's score is its best
+    ``val_loss``, and ``epochs`` the epoch count that reached it, so
+    ``model.fit(x, y, validation_split=0.2, **result.fit_kwargs())`` repeats the winning run
+    (exactly, when Keras was seeded with ``keras.utils.set_random_seed`` before the model was
+    built; for a dataset: ``model.fit(dataset.batch(result.batch_size), ...)``). Ties go to
+    the candidate `autobatch.results.ranked_trials` puts first. A candidate that runs out
     of memory or whose loss becomes NaN is skipped. The model's weights, optimizer and compile
     settings are as before afterwards, whatever happens.
 
@@ -83,12 +94,14 @@ def tune(
             or a callable ``batch_size -> batched dataset`` (as for `autobatch.probe`).
         validation_data: Data in the same forms, to score candidates on. Required for a
             dataset or a callable; overrides ``validation_split``.
-        validation_split: For arrays: the fraction held out for validation, a seeded random
-            split (unlike Keras' last fraction). Your arrays are not modified.
+        validation_split: For arrays: the fraction held out for validation, the last
+            fraction as Keras' own ``validation_split`` takes it, so ``model.fit(x, y,
+            validation_split=0.2, **result.fit_kwargs())`` validates on the same samples
+            (shuffle arrays sorted by class or time first). Your arrays are not modified.
         tuner: "halving" (the default: successive halving over every candidate, a third
             kept each round; in benchmarks/tune_bench.py its best val_loss was within 0.9%
-            and 1.9% of the grid's on average, 5.7% at worst, at about 0.6 of the grid's
-            time), "hyperband" (keras-tuner's), "bayesian", "random"
+            and 1.9% of the grid's on average, 5.7% at worst, at 0.42 and 0.75 of the
+            grid's time), "hyperband" (keras-tuner's), "bayesian", "random"
             or "grid" (exhaustive). With a HyperModel, "halving" runs Hyperband, and
             Hyperband on a space of fewer than 5 candidates runs the grid instead.
         batch_sizes: Batch sizes to try instead of the default; those above the probed
@@ -111,17 +124,30 @@ def tune(
         max_trials: At most this many trials (default: a third of the space for random and
             Bayesian search, all of it for grid, the rounds' own schedule for halving and
             hyperband).
+        time_budget: Seconds (or a string such as "90s", "10min", "2h") for the whole call,
+            probe included. When it runs out, the candidate in training stops at its next
+            epoch end and the best candidate so far is returned, with
+            ``result.out_of_time`` set. The same call again with more time resumes the
+            search (the cut candidate is trained again). ``max_trials`` still applies.
         num_samples: Samples in one pass over ``data`` where it cannot tell: an infinite
             dataset, a callable.
         probe: A `ProbeResult` to use instead of probing.
+        memory_limit: Bytes or a size such as ``"6GiB"`` (or ``"+512MiB"``, see
+            `autobatch.probe`): the limit for the probe and for every candidate, instead of
+            the detected one.
         memory: A memory backend (e.g. ``autobatch.FakeMemory``) for the probe and for every
             candidate, instead of the detected one.
+        callbacks: Keras callbacks for every candidate's ``fit``, after autobatch's own (e.g.
+            a TensorBoard or a CSVLogger). Candidates that differ only in steps_per_epoch
+            share one run, so a callback sees that run's epochs (the finest of them).
         directory: Where the trials are kept (default ``~/.cache/autobatch/tune``, under
             ``$AUTOBATCH_CACHE_DIR`` or ``$XDG_CACHE_HOME`` when set; never the current
             directory). The same call with the same directory resumes an interrupted
             search; a call that changes the search gets a new project there.
         overwrite: Start afresh, deleting this search's earlier trials.
-        seed: Seeds the validation split and the tuner's choices (None: random).
+        seed: Seeds the tuner's choices (None: random). Training itself is as random as
+            Keras makes it: call ``keras.utils.set_random_seed(...)`` before building the model
+            for a search (and a retraining) that repeats exactly.
         verbose: 0 silent, 1 a line per candidate and a summary.
 
     Returns:
@@ -130,35 +156,94 @@ def tune(
 
     Raises:
         InvalidArgumentError, InvalidDataError, InvalidModelError: bad arguments.
-        AllTrialsFailedError: no candidate trained (each ran out of memory or diverged).
+        AllTrialsFailedError: no candidate trained (each ran out of memory or diverged, or
+            ``time_budget`` ran out before the first one finished an epoch).
         TrialError: training failed for another reason (a bug in the model or the data).
 
     Example:
         >>> result = autobatch.tune(model, (x_train, y_train))
         >>> result.fit_kwargs()
         {'batch_size': 64, 'steps_per_epoch': 12, 'epochs': 31}
-        >>> model.fit(x_train, y_train, **result.fit_kwargs())
+        >>> model.fit(x_train, y_train, validation_split=0.2, **result.fit_kwargs())
+        >>> quick = autobatch.tune(model, (x_train, y_train), probe=limit, time_budget="10min")
+        >>> quick.out_of_time  # True when 10 minutes ran out first: the best so far
     """
     import keras_tuner
 
-    from autobatch import report
-    from autobatch.probing.probe import check_model, library_versions
-    from autobatch.probing.probe import probe as run_probe
-    from autobatch.search import project
-    from autobatch.search.hypermodel import LR_SCALINGS, BatchHyperModel
-    from autobatch.search.space import build_space
-    from autobatch.search.tuner import (
-        HYPERBAND_FACTOR,
-        TUNERS,
-        BatchTuner,
-        halving_round_sizes,
-        hyperband_epochs_for,
-        hyperband_random_trials,
-        make_oracle,
-    )
+    from autobatch.probing.probe import library_versions
 
     started = time.perf_counter()
     user_hypermodel = model if isinstance(model, keras_tuner.HyperModel) else None
+    _check_arguments(
+        model, user_hypermodel, tuner=tuner, validation_split=validation_split,
+        budget_samples=budget_samples, budget_seconds=budget_seconds, patience=patience,
+        min_delta=min_delta, lr_scaling=lr_scaling, reference_batch_size=reference_batch_size,
+        max_trials=max_trials, callbacks=callbacks, probe=probe,
+    )
+    seconds_budget = parse_duration(time_budget, "time_budget")
+    train, validation = _training_and_validation(
+        data, validation_data, validation_split, num_samples
+    )
+    check_data_matches_model(model, train, validation)
+    memory = _memory_backend(memory, memory_limit)
+    keep_model = contextlib.nullcontext() if user_hypermodel else _kept_as_it_was(model)
+    with keep_model:
+        if probe is None:
+            probe = _probe(model, user_hypermodel, train, memory, memory_limit, verbose)
+        plan = _plan(
+            probe, train, tuner=tuner, user_hypermodel=user_hypermodel, batch_sizes=batch_sizes,
+            steps_per_epoch=steps_per_epoch, budget_samples=budget_samples,
+            budget_seconds=budget_seconds, patience=patience, max_trials=max_trials,
+        )
+        settings = {
+            "tuner": plan.tuner, "space": plan.space.describe(), "budget": plan.budget.describe(),
+            "min_delta": min_delta, "lr_scaling": lr_scaling, "max_trials": plan.max_trials,
+            "reference_batch_size": reference_batch_size if lr_scaling else None,
+            "seed": seed,
+            # 2: Keras' validation split, divisor steps, shared runs: old trials differ.
+            "search_version": 2,
+            "validation": "given" if validation_data is not None else validation_split,
+        }
+        search = _search(
+            plan, model, user_hypermodel, train, validation, settings=settings, memory=memory,
+            min_delta=min_delta, lr_scaling=lr_scaling,
+            reference_batch_size=reference_batch_size, seed=seed, directory=directory,
+            overwrite=overwrite,
+            deadline=None if seconds_budget is None else started + seconds_budget,
+            callbacks=list(callbacks or []), verbose=verbose,
+        )
+        records = search.records() + search.cut_records
+
+    if search.out_of_time and not any(r.val_loss is not None for r in records):
+        raise AllTrialsFailedError(
+            f"time_budget={time_budget!r} ran out after {time.perf_counter() - started:.0f} s, "
+            "before any candidate finished an epoch. Give more time, or pass probe= to skip "
+            f"probing; the search resumes from {search.project_dir} when called again."
+        )
+    result = _result(
+        records, probe=probe, tuner=plan.tuner, budget=plan.budget, lr_scaling=lr_scaling,
+        seconds=time.perf_counter() - started, directory=search.project_dir,
+        versions=library_versions(),
+        validation_split=None if validation_data is not None else validation_split,
+        out_of_time=search.out_of_time, time_budget=seconds_budget,
+    )
+    search.progress.done(result)
+    return result
+
+
+# --- the steps of tune(), in order -------------------------------------------------------
+
+
+def _check_arguments(
+    model: Any, user_hypermodel: Any, *, tuner: Any, validation_split: Any,
+    budget_samples: Any, budget_seconds: Any, patience: Any, min_delta: Any, lr_scaling: Any,
+    reference_batch_size: Any, max_trials: Any, callbacks: Any, probe: Any,
+) -> None:
+    """Raise a typed error for any bad argument, before any work is done."""
+    from autobatch.probing.probe import check_model
+    from autobatch.search.hypermodel import LR_SCALINGS, learning_rate_of
+    from autobatch.search.tuner import TUNERS
+
     if user_hypermodel is None:
         check_model(model)
     _check_options(
@@ -167,112 +252,160 @@ def tune(
         min_delta=min_delta, lr_scaling=lr_scaling, lr_scalings=LR_SCALINGS,
         reference_batch_size=reference_batch_size, max_trials=max_trials,
     )
-    if lr_scaling is not None and user_hypermodel is None:
-        from autobatch.search.hypermodel import learning_rate_of
-
-        if learning_rate_of(model.optimizer) is None:
-            raise InvalidArgumentError(
-                f"lr_scaling={lr_scaling!r} needs a constant learning rate, but the model's "
-                f"{type(model.optimizer).__name__} has a schedule (or wraps another optimizer). "
-                "Use lr_scaling=None, or compile with a float learning_rate."
-            )
+    constant_rate = user_hypermodel is not None or learning_rate_of(model.optimizer) is not None
+    if lr_scaling is not None and not constant_rate:
+        raise InvalidArgumentError(
+            f"lr_scaling={lr_scaling!r} needs a constant learning rate, but the model's "
+            f"{type(model.optimizer).__name__} has a schedule (or wraps another optimizer). "
+            "Use lr_scaling=None, or compile with a float learning_rate."
+        )
+    _check_callbacks(callbacks)
     if probe is not None and not isinstance(probe, ProbeResult):
         raise InvalidArgumentError(
             f"probe is a {type(probe).__name__}. Expected the ProbeResult of autobatch.probe(), "
             "or None to probe first."
         )
-    train, validation = _training_and_validation(
-        data, validation_data, validation_split, num_samples, seed
+
+
+def _memory_backend(memory: MemoryBackend | None, memory_limit: Any) -> MemoryBackend:
+    """The memory backend of the probe and the candidates: the given one, or the detected
+    one with ``memory_limit`` applied."""
+    if memory is not None and memory_limit is not None:
+        raise InvalidArgumentError(
+            "Both memory= and memory_limit= were given. Pass one: memory_limit overrides the "
+            "detected limit; memory replaces the whole memory backend (which has its own limit)."
+        )
+    if memory is not None:
+        return memory
+    from autobatch import _units
+    from autobatch.devices import resolve_memory_limit
+    from autobatch.memory import detect_memory
+
+    return detect_memory(None if memory_limit is None else _units.parse_bytes(
+        resolve_memory_limit(memory_limit)))
+
+
+def _probe(
+    model: Any, user_hypermodel: Any, train: TrainingData, memory: MemoryBackend,
+    memory_limit: Any, verbose: int,
+) -> ProbeResult:
+    from autobatch.probing.probe import probe
+
+    return probe(
+        _model_to_probe(model, user_hypermodel), train, verbose=verbose,
+        # memory_limit as given: the probe's cache keys a relative "+SIZE" as such.
+        **({"memory_limit": memory_limit} if memory_limit is not None else {"memory": memory}),
     )
-    check_data_matches_model(model, train, validation)
-    if memory is None:
-        from autobatch.memory import detect_memory
 
-        memory = detect_memory()
 
-    keep_model = contextlib.nullcontext() if user_hypermodel else _kept_as_it_was(model)
-    with keep_model:
-        if probe is None:
-            probe = run_probe(
-                _model_to_probe(model, user_hypermodel), train, memory=memory, verbose=verbose
-            )
-        space = build_space(
-            num_samples=train.num_samples,
-            max_batch_size=max(1, min(probe.max_batch_size, train.num_samples)),
-            endless=train.endless,
-            batch_sizes=batch_sizes,
-            steps_per_epoch=steps_per_epoch,
-        )
-        tuner_used = tuner
-        if tuner == "halving" and user_hypermodel is not None:
-            # Halving trains every candidate first: a HyperModel's own space may be endless.
-            tuner_used = "hyperband"
-        if tuner_used == "hyperband" and space.size < hyperband_random_trials(3):
-            tuner_used = "grid"  # too few candidates for even the smallest Hyperband
-        if max_trials is None and tuner_used in ("random", "bayesian"):
-            max_trials = max(3, math.ceil(space.size * DEFAULT_TRIAL_SHARE))
-        candidates = None
-        shares = 1
-        if tuner_used == "halving":
-            candidates = _distinct_candidates(space)
-            shares = HYPERBAND_FACTOR ** (len(halving_round_sizes(len(candidates))) - 1)
-        elif tuner_used == "hyperband":
-            shares = hyperband_epochs_for(space.size)
-        budget = _budget(
-            budget_samples, budget_seconds, patience, train.num_samples, hyperband_epochs=shares
-        )
-        settings = {
-            "tuner": tuner_used, "space": space.describe(), "budget": budget.describe(),
-            "min_delta": min_delta, "lr_scaling": lr_scaling, "max_trials": max_trials,
-            "reference_batch_size": reference_batch_size if lr_scaling else None,
-            "seed": seed,
-            "validation": "given" if validation_data is not None else validation_split,
-        }
-        directory = Path(directory) if directory is not None else project.default_directory()
-        name = project.project_name(tuner_used, settings, model, [train, validation])
-        progress = report.tune_progress(
-            verbose, total=_expected_trials(tuner_used, space.size, candidates, max_trials)
-        )
-        oracle = make_oracle(
-            tuner_used, max_trials=max_trials, seed=None if seed is None else seed + 1,
-            hyperband_epochs=budget.hyperband_epochs, candidates=candidates,
-        )
-        if max_trials is not None and tuner_used in ("halving", "hyperband"):
-            oracle.max_trials = max_trials
-        hypermodel = BatchHyperModel(
-            space, model=None if user_hypermodel else model, hypermodel=user_hypermodel,
-            lr_scaling=lr_scaling, reference_batch_size=reference_batch_size,
-        )
-        # keras-tuner prints "Reloading Tuner from ..." when it resumes; our progress says so.
-        with contextlib.redirect_stdout(io.StringIO()):
-            search = BatchTuner(
-                oracle, hypermodel, train=train, validation=validation, budget=budget,
-                memory=memory, min_delta=min_delta, validation_batch_size=space.batch_sizes[-1],
-                on_candidate=progress.trial_done, on_candidate_start=progress.trial_started,
-                directory=str(directory), project_name=name,
-                overwrite=overwrite,
-            )
-        search.oracle.verbose = 0  # silence keras-tuner's Display: progress is ours
-        try:
-            with progress:
-                search.search()
-        except keras_tuner.errors.FatalError as error:
-            # Ours is one line already (see BatchTuner._train); a HyperModel's may not be.
-            description = describe_backend_error(error, with_type=False, limit=600)
-            raise TrialError(
-                f"{description}. This is not an out-of-memory error or a diverging loss, so the "
-                "search stopped; check that model.fit works on this data at a small batch "
-                f"size. The trials so far are kept in {search.project_dir}."
-            ) from error.__cause__
-        records = search.records()
+@dataclass(frozen=True)
+class _Plan:
+    """What the search will do: its space, the tuner that walks it, and each candidate's budget."""
 
-    result = _result(
-        records, probe=probe, tuner=tuner_used, budget=budget, lr_scaling=lr_scaling,
-        seconds=time.perf_counter() - started, directory=search.project_dir,
-        versions=library_versions(),
+    space: Any
+    tuner: str
+    budget: Any
+    max_trials: int | None
+    candidates: list[dict[str, Any]] | None
+    """For "halving": every distinct candidate, in the order the first round trains them."""
+
+
+def _plan(
+    probe: ProbeResult, train: TrainingData, *, tuner: str, user_hypermodel: Any,
+    batch_sizes: Any, steps_per_epoch: Any, budget_samples: int | None,
+    budget_seconds: float | None, patience: float | None, max_trials: int | None,
+) -> _Plan:
+    """The space below the probed limit, the tuner for it, and the budget of a candidate."""
+    from autobatch.search.space import build_space
+    from autobatch.search.tuner import (
+        HYPERBAND_FACTOR,
+        halving_round_sizes,
+        hyperband_epochs_for,
+        hyperband_random_trials,
     )
-    progress.done(result)
-    return result
+
+    space = build_space(
+        num_samples=train.num_samples,
+        max_batch_size=max(1, min(probe.max_batch_size, train.num_samples)),
+        endless=train.endless,
+        batch_sizes=batch_sizes,
+        steps_per_epoch=steps_per_epoch,
+    )
+    if tuner == "halving" and user_hypermodel is not None:
+        # Halving trains every candidate first: a HyperModel's own space may be endless.
+        tuner = "hyperband"
+    if tuner == "hyperband" and space.size < hyperband_random_trials(3):
+        tuner = "grid"  # too few candidates for even the smallest Hyperband
+    if max_trials is None and tuner in ("random", "bayesian"):
+        max_trials = max(3, math.ceil(space.size * DEFAULT_TRIAL_SHARE))
+    candidates = None
+    shares = 1
+    if tuner == "halving":
+        candidates = _distinct_candidates(space)
+        shares = HYPERBAND_FACTOR ** (len(halving_round_sizes(len(candidates))) - 1)
+    elif tuner == "hyperband":
+        shares = hyperband_epochs_for(space.size)
+    budget = _budget(
+        budget_samples, budget_seconds, patience, train.num_samples, hyperband_epochs=shares
+    )
+    return _Plan(space, tuner, budget, max_trials, candidates)
+
+
+def _search(
+    plan: _Plan, model: Any, user_hypermodel: Any, train: TrainingData,
+    validation: TrainingData, *, settings: dict[str, Any], memory: MemoryBackend,
+    min_delta: float, lr_scaling: str | None, reference_batch_size: int, seed: int | None,
+    directory: str | Path | None, overwrite: bool, deadline: float | None,
+    callbacks: list[Any], verbose: int,
+) -> Any:
+    """Run (or resume) the keras-tuner search of ``plan``; return the finished BatchTuner,
+    its progress display as ``.progress``."""
+    import keras_tuner
+
+    from autobatch import report
+    from autobatch.search import project
+    from autobatch.search.hypermodel import BatchHyperModel
+    from autobatch.search.tuner import BatchTuner, make_oracle
+
+    directory = Path(directory) if directory is not None else project.default_directory()
+    name = project.project_name(plan.tuner, settings, model, [train, validation])
+    progress = report.tune_progress(
+        verbose,
+        total=_expected_trials(plan.tuner, plan.space.size, plan.candidates, plan.max_trials),
+    )
+    oracle = make_oracle(
+        plan.tuner, max_trials=plan.max_trials, seed=None if seed is None else seed + 1,
+        hyperband_epochs=plan.budget.hyperband_epochs, candidates=plan.candidates,
+    )
+    if plan.max_trials is not None and plan.tuner in ("halving", "hyperband"):
+        oracle.max_trials = plan.max_trials
+    hypermodel = BatchHyperModel(
+        plan.space, model=None if user_hypermodel else model, hypermodel=user_hypermodel,
+        lr_scaling=lr_scaling, reference_batch_size=reference_batch_size,
+    )
+    # keras-tuner prints "Reloading Tuner from ..." when it resumes; our progress says so.
+    with contextlib.redirect_stdout(io.StringIO()):
+        search = BatchTuner(
+            oracle, hypermodel, train=train, validation=validation, budget=plan.budget,
+            memory=memory, min_delta=min_delta, validation_batch_size=plan.space.batch_sizes[-1],
+            on_candidate=progress.trial_done, on_candidate_start=progress.trial_started,
+            directory=str(directory), project_name=name,
+            overwrite=overwrite, deadline=deadline, callbacks=callbacks,
+        )
+    search.oracle.verbose = 0  # silence keras-tuner's Display: progress is ours
+    search.progress = progress
+    try:
+        with progress:
+            search.search()
+    except keras_tuner.errors.FatalError as error:
+        # Ours is one line already (see BatchTuner._train); a HyperModel's may not be.
+        description = describe_backend_error(error, with_type=False, limit=600)
+        raise TrialError(
+            f"{description}. This is not an out-of-memory error or a diverging loss, so the "
+            "search stopped; check that model.fit works on this data at a small batch "
+            f"size. The trials so far are kept in {search.project_dir}."
+        ) from error.__cause__
+    return search
 
 
 def _expected_trials(
@@ -289,6 +422,31 @@ def _expected_trials(
     else:
         return max_trials if tuner in ("random", "bayesian") else None
     return expected if max_trials is None else min(expected, max_trials)
+
+
+_DURATION_UNITS = {"s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60,
+                   "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600}
+
+
+def parse_duration(value: Any, name: str) -> float | None:
+    """Seconds from a number or a string such as "90s", "10min", "1.5h"; None stays None.
+
+    Example:
+        >>> parse_duration("10min", "time_budget")
+        600.0
+    """
+    if value is None:
+        return None
+    if _is_real(value) and value > 0:
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value.lower()) if isinstance(
+        value, str) else None
+    if match and float(match.group(1)) > 0 and (match.group(2) or "s") in _DURATION_UNITS:
+        return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    raise InvalidArgumentError(
+        f"{name}={value!r}; expected positive seconds or a string such as '90s', '10min' or "
+        "'2h', or None for no limit."
+    )
 
 
 def _distinct_candidates(space: Any) -> list[dict[str, Any]]:
@@ -385,6 +543,19 @@ def _check_options(
         )
 
 
+def _check_callbacks(callbacks: Any) -> None:
+    import keras
+
+    if callbacks is None:
+        return
+    items = list(callbacks) if isinstance(callbacks, (list, tuple)) else None
+    if items is None or not all(isinstance(c, keras.callbacks.Callback) for c in items):
+        raise InvalidArgumentError(
+            f"callbacks={callbacks!r}; expected a list of keras.callbacks.Callback objects, "
+            "e.g. callbacks=[keras.callbacks.CSVLogger('log.csv')]."
+        )
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -395,7 +566,6 @@ def _is_real(value: Any) -> bool:
 
 def _training_and_validation(
     data: Any, validation_data: Any, validation_split: float, num_samples: int | None,
-    seed: int | None,
 ) -> tuple[TrainingData, TrainingData]:
     if num_samples is not None and not (_is_int(num_samples) and num_samples >= 1):
         raise InvalidArgumentError(
@@ -415,11 +585,35 @@ def _training_and_validation(
     if validation_data is not None:
         return train, as_training_data(validation_data, name="validation_data")
     if isinstance(train, ArrayData):
-        return train.split(validation_split, seed=seed)
+        return keras_validation_split(train, validation_split)
     raise InvalidDataError(
         f"data is a {train.description}, and validation_split applies to arrays only. "
         "Pass validation_data in the same form, e.g. an unbatched tf.data.Dataset of "
         "held-out samples: autobatch.tune(model, dataset, validation_data=validation_dataset)."
+    )
+
+
+def keras_validation_split(data: ArrayData, fraction: float) -> tuple[ArrayData, ArrayData]:
+    """``(train, validation)`` exactly as Keras' ``model.fit(validation_split=fraction)``
+    splits arrays: the last fraction, before shuffling. So the README's
+    ``model.fit(x, y, validation_split=0.2, **result.fit_kwargs())`` validates on the samples
+    the search scored candidates on (a random split here made that line report 0.2594 where
+    tune had reported 0.0104, on digits). Shuffle arrays sorted by class or time first, as
+    for Keras. The caller's arrays are not modified.
+
+    Example:
+        >>> train, validation = keras_validation_split(ArrayData(x, y), 0.2)
+    """
+    split_at = math.floor(data.num_samples * (1.0 - fraction))  # Keras' own arithmetic
+    if split_at in (0, data.num_samples):
+        raise InvalidDataError(
+            f"validation_split={fraction} of {data.num_samples} samples leaves "
+            f"{split_at} for training and {data.num_samples - split_at} for validation. Pass "
+            "more samples, another validation_split, or validation_data=(x_val, y_val)."
+        )
+    return (
+        data.take(np.arange(split_at)),
+        data.take(np.arange(split_at, data.num_samples)),
     )
 
 
@@ -441,11 +635,12 @@ def _model_to_probe(model: Any, user_hypermodel: Any) -> Any:
 def _result(
     records: list[TuneTrial], *, probe: ProbeResult, tuner: str, budget: Any,
     lr_scaling: str | None, seconds: float, directory: str, versions: dict[str, str],
+    validation_split: float | None, out_of_time: bool = False, time_budget: float | None = None,
 ) -> TuneResult:
-    scored = [r for r in records if r.status != "failed" and r.val_loss is not None]
-    if not scored:
+    ranked = ranked_trials(records)
+    if not ranked or ranked[0].status == "failed" or ranked[0].val_loss is None:
         raise AllTrialsFailedError(_all_failed_message(records, directory))
-    best = min(scored, key=lambda r: r.val_loss)
+    best = ranked[0]
     return TuneResult(
         batch_size=best.batch_size,
         steps_per_epoch=best.steps_per_epoch,
@@ -461,6 +656,9 @@ def _result(
         learning_rate=best.learning_rate,
         lr_scaling=lr_scaling,
         directory=directory,
+        validation_split=validation_split,
+        out_of_time=out_of_time,
+        time_budget=time_budget,
     )
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
+import time
 from typing import Any, Callable
 
 import keras_tuner
@@ -25,7 +27,7 @@ from autobatch.data import TrainingData
 from autobatch.errors import InvalidArgumentError, MissingDependencyError, describe_backend_error
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import TuneTrial
-from autobatch.search.candidate import CandidateOutcome, train_candidate
+from autobatch.search.candidate import CandidateOutcome, train_candidates
 from autobatch.search.hypermodel import BatchHyperModel
 from autobatch.search.space import Budget, Candidate, samples_in_epochs
 
@@ -38,6 +40,8 @@ HYPERBAND_FACTOR = 3
 #: whose large batches all run out of memory fails many in a row and must go on.
 NEVER_ABORT = 1_000_000
 RECORD_FILE = "autobatch_trial.json"
+#: Under the project directory: the outcomes of each shared training run (see `_train`).
+RUNS_DIRECTORY = "autobatch_runs"
 
 
 def hyperband_random_trials(max_epochs: int, factor: int = HYPERBAND_FACTOR) -> int:
@@ -224,6 +228,8 @@ class BatchTuner(keras_tuner.Tuner):
         directory: str,
         project_name: str,
         overwrite: bool,
+        deadline: float | None = None,
+        callbacks: list[Any] | None = None,
     ) -> None:
         super().__init__(
             oracle, hypermodel, directory=directory, project_name=project_name,
@@ -240,12 +246,26 @@ class BatchTuner(keras_tuner.Tuner):
         self.on_candidate = on_candidate
         self.on_candidate_start = on_candidate_start
         self._finished: dict[str, TuneTrial] = {}
+        # The whole search's end (a time.perf_counter() value), and what ran out of it.
+        self.deadline = deadline
+        self.callbacks = callbacks or []
+        self.out_of_time = False
+        self.cut_records: list[TuneTrial] = []
 
     # --- keras-tuner hooks -------------------------------------------------------------
 
     def search(self, *args: Any, **kwargs: Any) -> None:
         with _failed_trial_tracebacks_hidden():
-            super().search(*args, **kwargs)
+            try:
+                super().search(*args, **kwargs)
+            except _OutOfTime:
+                self.out_of_time = True
+                self.on_search_end()
+
+    def pre_create_trial(self) -> None:
+        super().pre_create_trial()
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            raise _OutOfTime
 
     def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
         hp = trial.hyperparameters
@@ -265,25 +285,40 @@ class BatchTuner(keras_tuner.Tuner):
     def on_trial_end(self, trial: Any) -> None:
         super().on_trial_end(trial)
         record = self._finished.get(trial.trial_id)
-        if record is not None:
+        if record is not None and record.same_as is None:  # a repeat is not a new candidate
             self.on_candidate(record)
 
     # --- one candidate -----------------------------------------------------------------
 
     def _train(self, trial: Any, candidate: Candidate) -> TuneTrial:
+        """Train the candidate, or read it off the run that already trained its batch size
+        with the same budget (candidates differing only in steps_per_epoch share one run)."""
         hp = trial.hyperparameters
+        run_name = self._run_name(candidate, hp.values)
+        run = self._load_run(run_name)
+        if run is not None and str(candidate.steps_per_epoch) in run["outcomes"]:
+            outcome = CandidateOutcome(**run["outcomes"][str(candidate.steps_per_epoch)])
+            return self._record(trial, candidate, outcome, run["learning_rate"],
+                                shared_run=run["trial_id"])
+        siblings = {candidate.steps_per_epoch: candidate}
+        for steps in self.hypermodel.space.steps_choices(candidate.batch_size):
+            siblings.setdefault(steps, self.budget.candidate_at(
+                self.hypermodel.space, candidate.batch_size, steps, hp.values.get("tuner/epochs")
+            ))
         model = self.hypermodel.build(hp)
         try:
             learning_rate = self.hypermodel.prepare(model, candidate.batch_size)
-            outcome = train_candidate(
+            outcomes = train_candidates(
                 fit=lambda m, **kwargs: self.hypermodel.fit(hp, m, **kwargs),
                 model=model,
-                candidate=candidate,
+                candidates=[siblings[steps] for steps in sorted(siblings)],
                 train=self.train,
                 validation=self.validation,
                 validation_batch_size=self.validation_batch_size,
                 memory=self.memory,
                 min_delta=self.min_delta,
+                deadline=self.deadline,
+                callbacks=self.callbacks,
             )
         except (FailedTrialError, FatalError):
             raise  # the caller's HyperModel decided
@@ -293,14 +328,57 @@ class BatchTuner(keras_tuner.Tuner):
                 f"steps_per_epoch={candidate.steps_per_epoch} failed with "
                 f"{describe_backend_error(error)}"
             ) from error
-        return self._record(trial, candidate, outcome, learning_rate)
+        if any(outcome.out_of_time for outcome in outcomes.values()):
+            # Not saved: a search resumed with more time trains this candidate to its end.
+            # The trial stays unfinished in keras-tuner's books, as after Ctrl-C.
+            self.cut_records = [
+                dataclasses.replace(
+                    self._record(trial, siblings[steps], outcome, learning_rate),
+                    status="out of time",
+                )
+                for steps, outcome in outcomes.items()
+                if outcome.failure is None and outcome.val_losses
+            ]
+            raise _OutOfTime
+        self._save_run(run_name, {
+            "trial_id": trial.trial_id, "learning_rate": learning_rate,
+            "outcomes": {str(k): dataclasses.asdict(v) for k, v in outcomes.items()},
+        })
+        return self._record(trial, candidate, outcomes[candidate.steps_per_epoch], learning_rate)
+
+    # --- shared runs: one training run per batch size, budget and HyperModel values ------
+
+    def _run_name(self, candidate: Candidate, values: dict[str, Any]) -> str:
+        own = {k: v for k, v in public_values(values, candidate).items() if k != "steps_per_epoch"}
+        key = json.dumps([own, candidate.budget_samples, candidate.budget_seconds],
+                         sort_keys=True, default=repr)
+        return hashlib.blake2b(key.encode("utf-8"), digest_size=8).hexdigest()
+
+    def _load_run(self, name: str) -> dict[str, Any] | None:
+        path = os.path.join(self.project_dir, RUNS_DIRECTORY, f"{name}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+
+    def _save_run(self, name: str, run: dict[str, Any]) -> None:
+        directory = os.path.join(self.project_dir, RUNS_DIRECTORY)
+        os.makedirs(directory, exist_ok=True)
+        # Written whole then renamed: a search killed mid-write leaves no half a run.
+        path = os.path.join(directory, f"{name}.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as file:
+            json.dump(run, file)
+        os.replace(path + ".tmp", path)
 
     def _record(
-        self, trial: Any, candidate: Candidate, outcome: CandidateOutcome, learning_rate: Any
+        self, trial: Any, candidate: Candidate, outcome: CandidateOutcome, learning_rate: Any,
+        shared_run: str | None = None,
     ) -> TuneTrial:
         space = self.hypermodel.space
         sizes = space.epoch_sizes(candidate.batch_size, candidate.steps_per_epoch)
         samples = samples_in_epochs(sizes, outcome.epochs_run)
+        if outcome.samples_cap is not None:
+            samples = min(samples, outcome.samples_cap)
         if outcome.failure is not None:
             status = "failed"
         elif outcome.stopped_early:
@@ -325,6 +403,7 @@ class BatchTuner(keras_tuner.Tuner):
             budget_samples=candidate.budget_samples,
             learning_rate=learning_rate,
             peak_bytes=outcome.peak_bytes,
+            shared_run=shared_run,
         )
 
     def _reusable(self, candidate: Candidate, values: dict, trial_id: str) -> TuneTrial | None:
@@ -369,6 +448,11 @@ class BatchTuner(keras_tuner.Tuner):
                 known = {f.name for f in dataclasses.fields(TuneTrial)}
                 found.append(TuneTrial(**{k: v for k, v in data.items() if k in known}))
         return found
+
+
+class _OutOfTime(BaseException):
+    """The whole search's time budget ran out. A BaseException, like KeyboardInterrupt, so
+    keras-tuner neither scores nor retries the trial it interrupts: it goes up to `search`."""
 
 
 @contextlib.contextmanager

@@ -70,16 +70,6 @@ def assert_untouched(model: keras.Model, before: dict) -> None:
     assert (after["loss"], after["metrics"]) == (before["loss"], before["metrics"])
 
 
-@pytest.fixture(scope="module")
-def probed():
-    """One probe for the tests that do not test probing: every batch up to the data fits."""
-    x, y = regression_data(128)
-    # use_cache=False: a module fixture runs before the per-test private cache is set up.
-    return autobatch.probe(
-        make_model(), (x, y), memory=FakeMemory(2**40), use_cache=False, verbose=0
-    )
-
-
 def small_search(tmp_path, **overrides):
     """A grid of 3 batch sizes x 2 steps_per_epoch, 3 passes each: a few seconds."""
     options = dict(
@@ -101,8 +91,8 @@ def test_the_result_is_the_best_candidate_and_the_model_is_untouched(tmp_path, c
     assert_untouched(model, before)
     assert capsys.readouterr() == ("", "")  # verbose=0: keras-tuner's printing silenced
     assert len(result.trials) == 6
-    best = min(result.trials, key=lambda t: t.val_loss)
-    assert result.val_loss == best.val_loss
+    best = result.ranked_trials()[0]
+    assert result.val_loss == best.val_loss == min(t.val_loss for t in result.trials)
     assert result.fit_kwargs() == {
         "batch_size": best.batch_size, "steps_per_epoch": best.steps_per_epoch,
         "epochs": best.best_epoch,
@@ -143,7 +133,7 @@ def test_out_of_memory_candidates_are_skipped_and_the_search_goes_on(tmp_path, p
     assert {t.batch_size for t in failed} == {32, 64}
     assert all(t.error == "out of memory" and t.val_loss is None for t in failed)
     assert result.batch_size == 16
-    assert memory.trial_batch_sizes == [16, 16, 32, 32, 64, 64]
+    assert memory.trial_batch_sizes == [16, 32, 64]  # one run per batch size
 
 
 def test_a_nan_loss_fails_only_that_candidate(tmp_path, probed):
@@ -192,13 +182,14 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, probed):
 
     with pytest.raises(KeyboardInterrupt):
         autobatch.tune(model, (x, y), **small_search(
-            tmp_path, probe=probed, memory=InterruptingMemory(trials=4)))
+            tmp_path, probe=probed, memory=InterruptingMemory(trials=2)))
     assert_untouched(model, before)
 
     memory = FakeMemory(2**40)
     result = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed, memory=memory))
-    # The 4 finished candidates are not trained again: only the interrupted one and the last.
-    assert len(memory.trial_batch_sizes) == 2
+    # One run per batch size: the runs of batch 16 and 32 (4 candidates) are not trained
+    # again, only the interrupted one of batch 64.
+    assert memory.trial_batch_sizes == [64]
     assert len(result.trials) == 6
 
     again = FakeMemory(2**40)
@@ -208,7 +199,7 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, probed):
     fresh = FakeMemory(2**40)
     autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed, memory=fresh,
                                                  overwrite=True))
-    assert len(fresh.trial_batch_sizes) == 6
+    assert fresh.trial_batch_sizes == [16, 32, 64]
     assert_untouched(model, before)
 
 
@@ -314,19 +305,34 @@ def test_an_uncompiled_model_is_rejected(tmp_path):
         autobatch.tune(model, regression_data(), **small_search(tmp_path))
 
 
-def test_the_validation_split_is_random_and_leaves_the_arrays_alone(tmp_path, probed):
+def test_the_validation_split_is_keras_last_fraction_and_leaves_the_arrays_alone(tmp_path, probed):
     x, y = regression_data()
     x_before, y_before = x.copy(), y.copy()
     from autobatch.data import ArrayData
+    from autobatch.search.tune import keras_validation_split
 
-    train, validation = ArrayData(x, y).split(0.2, seed=0)
-    assert (train.num_samples, validation.num_samples) == (128, 32)
-    held_out = {tuple(row) for row in validation.x}
-    assert held_out != {tuple(row) for row in x[-32:]}  # not Keras' "last fraction"
-    assert not held_out & {tuple(row) for row in train.x}
+    train, validation = keras_validation_split(ArrayData(x, y), 0.2)
+    assert np.array_equal(train.x, x[:128]) and np.array_equal(validation.x, x[128:])
     autobatch.tune(make_model(), (x, y), **small_search(tmp_path, probe=probed,
                                                         batch_sizes=[64], steps_per_epoch=[1.0]))
     assert np.array_equal(x, x_before) and np.array_equal(y, y_before)
+
+
+def test_the_readme_training_line_reproduces_the_tuned_val_loss(tmp_path, probed):
+    import warnings
+
+    x, y = regression_data()
+    model = make_model()  # seeds Keras: shuffling is then the same in the search and here
+    best = autobatch.tune(model, (x, y), **small_search(
+        tmp_path, probe=probed, steps_per_epoch=[0.25, 0.5, 1.0], budget_samples=6 * 128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Your input ran out of data" would fail the test
+        history = model.fit(x, y, validation_split=0.2, **best.fit_kwargs(), verbose=0)
+    assert history.history["val_loss"][-1] == pytest.approx(best.val_loss, rel=1e-6)
+    # The steps trained are the steps the search trained: no epoch ran out of data.
+    kwargs = best.fit_kwargs()
+    assert int(model.optimizer.iterations) == kwargs["steps_per_epoch"] * kwargs["epochs"]
+    assert all(-(-128 // t.batch_size) % t.steps_per_epoch == 0 for t in best.trials)
 
 
 def test_a_time_budget_stops_every_candidate_at_an_epoch_end(tmp_path, probed):
@@ -429,7 +435,7 @@ def test_halving_trains_every_candidate_then_the_best_on_the_whole_budget(tmp_pa
     assert [(t.batch_size, t.steps_per_epoch) for t in second] == [
         (t.batch_size, t.steps_per_epoch) for t in best_two
     ]
-    winner = min(second, key=lambda t: t.val_loss)
+    winner = autobatch.results.ranked_trials(second)[0]
     assert (result.batch_size, result.steps_per_epoch) == (winner.batch_size, winner.steps_per_epoch)
     assert all(not key.startswith("tuner/") for t in result.trials for key in t.hyperparameters)
 
@@ -463,15 +469,16 @@ def test_an_interrupted_halving_search_resumes_where_it_stopped(tmp_path, probed
     options = dict(tuner="halving", probe=probed)
     with pytest.raises(KeyboardInterrupt):
         autobatch.tune(model, (x, y), **small_search(
-            tmp_path, memory=InterruptingMemory(trials=4), **options))
+            tmp_path, memory=InterruptingMemory(trials=2), **options))
 
     memory = FakeMemory(2**40)
     result = autobatch.tune(model, (x, y), **small_search(tmp_path, memory=memory, **options))
-    # The interrupted candidate, the last of the first round, and the 2 of the second.
-    assert len(memory.trial_batch_sizes) == 4
-    assert len(result.trials) == 8
+    whole = FakeMemory(2**40)
     uninterrupted = autobatch.tune(make_model(), (x, y), **small_search(
-        tmp_path / "whole", **options))
+        tmp_path / "whole", memory=whole, **options))
+    # The two runs of the first round that finished are not trained again.
+    assert memory.trial_batch_sizes == whole.trial_batch_sizes[2:]
+    assert len(result.trials) == 8
     assert [(t.batch_size, t.steps_per_epoch, t.budget_samples) for t in result.trials] == [
         (t.batch_size, t.steps_per_epoch, t.budget_samples) for t in uninterrupted.trials
     ]

@@ -1,0 +1,87 @@
+"""Candidates that differ only in steps_per_epoch train one run: their curves are read off it."""
+
+from __future__ import annotations
+
+import keras
+import pytest
+
+import autobatch
+from autobatch.search.candidate import _Follower, shared_run_plan
+from autobatch.search.space import Candidate
+from tests.search.test_tune import (
+    make_model,
+    regression_data,
+    small_search,
+)
+
+
+def candidate(steps, max_epochs, patience=None):
+    return Candidate(16, steps, max_epochs, None, None, patience)
+
+
+def test_a_follower_stops_where_keras_early_stopping_would():
+    losses = [3.0, 2.0, 2.5, 2.6, 1.0, 0.5]
+    follower = _Follower(candidate(1, 10, patience=2), every=1, min_delta=0.0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=2)
+    stopper.set_model(model)
+    model.stop_training = False
+    stopper.on_train_begin()
+    keras_epochs = 0
+    for epoch, loss in enumerate(losses):
+        follower.see(epoch + 1, loss)
+        if not model.stop_training:
+            stopper.on_epoch_end(epoch, {"val_loss": loss})
+            keras_epochs += 1
+    assert follower.val_losses == losses[:keras_epochs] == [3.0, 2.0, 2.5, 2.6]
+    assert follower.stopped_early
+
+
+def test_a_coarser_candidate_reads_every_kth_validation_up_to_its_budget():
+    follower = _Follower(candidate(4, 2), every=2, min_delta=0.0)
+    for epoch, loss in enumerate([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], start=1):
+        follower.see(epoch, loss)
+    assert follower.val_losses == [4.0, 2.0] and follower.done and not follower.stopped_early
+    # The run lasts until the longest candidate ends, at the finest one's validations.
+    assert shared_run_plan([candidate(2, 8), candidate(4, 4), candidate(8, 3)]) == (
+        2, 12, [1, 2, 4])
+
+
+def test_one_run_per_batch_size_gives_each_candidate_its_own_fit(tmp_path, probed):
+    x, y = regression_data()
+    model = make_model()  # seeds Keras, so that separate fits shuffle alike
+    memory = autobatch.FakeMemory(2**40)
+    result = autobatch.tune(model, (x, y), **small_search(
+        tmp_path, probe=probed, memory=memory, batch_sizes=[16, 32], steps_per_epoch=[0.25, 0.5, 1.0]))
+    assert memory.trial_batch_sizes == [16, 32]  # 6 candidates, 2 runs
+    assert sorted((t.batch_size, t.steps_per_epoch) for t in result.trials) == [
+        (16, 2), (16, 4), (16, 8), (32, 1), (32, 2), (32, 4)]
+    trained = {t.batch_size: t.trial_id for t in result.trials if t.shared_run is None}
+    assert len(trained) == 2
+    assert all(t.shared_run in (None, trained[t.batch_size]) for t in result.trials)
+
+    # Each candidate's curve is the one its own model.fit gives: the measured premise.
+    initial = [w.numpy().copy() for w in model.weights]
+    for trial in result.trials:
+        model.set_weights(initial)
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse", metrics=["mae"])
+        history = model.fit(x, y, validation_split=0.2, batch_size=trial.batch_size,
+                            steps_per_epoch=trial.steps_per_epoch, epochs=trial.epochs_run,
+                            verbose=0)
+        assert history.history["val_loss"] == pytest.approx(trial.val_loss_history, rel=1e-6)
+
+
+def test_a_budget_smaller_than_one_epoch_is_not_overspent(tmp_path, probed):
+    x, y = regression_data()
+    # A whole pass is 128 samples; the budget 96: the run stops inside its only epoch.
+    (trial,) = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path, probe=probed, batch_sizes=[16], steps_per_epoch=[1.0],
+        budget_samples=96)).trials
+    assert (trial.samples_seen, trial.epochs_run) == (96, 1)
+    # Hyperband's first round (a third of the budget): never more than one validation
+    # interval of the shared run (or one batch) over a candidate's budget.
+    result = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path / "hyperband", probe=probed, tuner="hyperband", budget_samples=96, seed=3))
+    for t in result.trials:
+        finest = min(s.steps_per_epoch for s in result.trials if s.batch_size == t.batch_size)
+        assert t.samples_seen <= t.budget_samples + finest * t.batch_size
