@@ -15,9 +15,10 @@ When running out of memory cannot be caught (host RAM: the kernel's OOM killer s
 each step goes at most a quarter of the way from the largest measured peak to the limit, less
 the scatter of the peaks around the line, and less again when an earlier step cost more than
 its line predicted (after a step that cost 3.5x its prediction, later steps take a fifth of
-the room, not a quarter); it never grows the batch more than ``max_growth`` times, and only
-``FLAT_GROWTH`` times while the peaks have not risen visibly (memory an earlier training run
-freed and this one reuses hides the slope, so a flat curve is no evidence of room). A curve
+the room, not a quarter); and it at most doubles the batch from one trial to the next: memory
+an earlier training run freed, and the trials reuse, hides the slope (a Transformer probed
+after its user trained at batch 186 rose 90 MiB from batch 1 to 192, where a new process
+rises 700), so a flat curve is no evidence of room. A curve
 that bends upwards is thus measured before it can kill the process; the margin absorbs what
 the line still misses. Like keras-tuner's Oracle, this class only decides; the
 trial runs elsewhere.
@@ -32,9 +33,8 @@ from dataclasses import dataclass
 #: at 148 MiB cost 407 (2.75x, validation included), and a trial past the margin leaves its
 #: memory pooled in the process for the verification and the caller's next fit.
 HOST_STEP_DIVISOR = 4.0
-#: Host RAM: the largest growth of the batch from one trial to the next while the peaks have
-#: risen by less than `FLAT_RISE` of the free memory.
-FLAT_GROWTH = 3.0
+#: Host RAM: steps that rose by less than this share of the free memory do not count towards
+#: `ProbeStrategy.surprise` as predictions (their slope is scatter).
 FLAT_RISE = 0.02
 #: Host RAM: a step up counts towards `ProbeStrategy.surprise` when it raised the peak by at
 #: least this share of the free memory.
@@ -95,7 +95,7 @@ class ProbeStrategy:
         oom_is_catchable: bool = True,
         tolerance: float = 0.01,
         max_growth: float | None = None,
-        max_trials: int = 16,
+        max_trials: int | None = None,
         min_margin_bytes: int = 0,
     ) -> None:
         self.limit_bytes = limit_bytes
@@ -114,9 +114,10 @@ class ProbeStrategy:
         self.oom_is_catchable = oom_is_catchable
         self.tolerance = tolerance
         # A catchable device can afford bold jumps (the worst case is one caught OOM); on
-        # host RAM a jump the line did not foresee is a SIGKILL.
-        self.max_growth = max_growth if max_growth is not None else (16.0 if oom_is_catchable else 4.0)
-        self.max_trials = max_trials
+        # host RAM a jump the line did not foresee is a SIGKILL: at most doubling there.
+        self.max_growth = max_growth if max_growth is not None else (16.0 if oom_is_catchable else 2.0)
+        # Doubling from batch 1 takes 10 trials to reach 1024 on host RAM.
+        self.max_trials = max_trials if max_trials is not None else (16 if oom_is_catchable else 24)
         #: Why the last call to `propose` returned None, in words.
         self.stop_reason = ""
         #: Host RAM: the line's edge, when the search stopped within half the margin of it
@@ -319,9 +320,10 @@ class ProbeStrategy:
         """The most, over the trials so far, that a step up raised the peak beyond what the
         trials before it predicted: actual rise / predicted rise, at least 1.
 
-        Only steps that raised the peak by `SURPRISE_RISE` of the free memory count: below
-        that, tens of MiB of TF/CPU scatter would read as a many-fold surprise and stall the
-        search, while such a step could not have killed the process anyway.
+        Only steps that raised the peak by `SURPRISE_RISE` of the free memory, and were
+        predicted to raise it by `FLAT_RISE`, count: below that, tens of MiB of TF/CPU
+        scatter, or a slope that memory reuse hid, would read as a many-fold surprise and
+        stall the search, while the doubling limit already bounds such steps.
         """
         free = self.limit_bytes - self.baseline_bytes
         worst = 1.0
@@ -337,17 +339,13 @@ class ProbeStrategy:
             model = self.memory_model(history[:index])
             assert model is not None  # `before` holds measured peaks
             predicted = self._step_slope(before, model) * (observation.batch_size - top)
-            worst = max(worst, actual / max(predicted, FLAT_RISE * free))
+            if predicted < FLAT_RISE * free:
+                continue  # a flat line predicts nothing: the doubling bounds that step
+            worst = max(worst, actual / predicted)
         return worst
 
     def _growth_limit(self, history: list[Observation]) -> float:
         """How many times the largest batch the next one may be (see the module docstring)."""
-        if self.oom_is_catchable:
-            return self.max_growth
-        measured = _largest_peaks(history)
-        rise = max(measured.values()) - min(measured.values()) if measured else 0
-        if rise < FLAT_RISE * (self.limit_bytes - self.baseline_bytes):
-            return min(self.max_growth, FLAT_GROWTH)
         return self.max_growth
 
 

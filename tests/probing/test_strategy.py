@@ -67,7 +67,7 @@ def test_finds_the_exact_threshold_of_a_linear_curve(limit, fixed, per_sample, c
         strategy, history = simulate(limit, peak_of, catchable=False, margin=0.1)
         usable_max = true_max(strategy.usable_bytes, peak_of)
         assert 0.99 * usable_max <= strategy.answer(history) <= usable_max
-        assert len(history) <= 14
+        assert len(history) <= 18  # doubling from batch 1, then quarter steps
     # One out-of-memory at most, except when even the first trial was too big: then the
     # step above the answer has to be tried as well.
     first_too_big = history[0].peak_bytes is None
@@ -251,8 +251,8 @@ def test_host_search_survives_scatter_of_tens_of_mib_and_keeps_the_margin(seed):
 def test_a_flat_curve_never_licenses_a_large_jump():
     # A process that trained before: memory its training freed is reused, so peaks stay flat
     # up to batch 300, then each sample costs 1 MiB more. A flat curve is no evidence of room:
-    # the batch at most triples while the peaks have not risen, so the first step past the
-    # hidden region cannot reach the limit.
+    # the batch at most doubles, so the first step past the hidden region cannot reach the
+    # limit.
     mib = 2**20
     limit = 1300 * mib
 
@@ -263,7 +263,7 @@ def test_a_flat_curve_never_licenses_a_large_jump():
     sizes = [o.batch_size for o in history]
     flat = [o for o in history if o.peak_bytes == 780 * mib]
     for before, after in zip(flat, flat[1:], strict=False):
-        assert after.batch_size <= 3 * before.batch_size
+        assert after.batch_size <= 2 * before.batch_size
     assert peak_of(strategy.answer(history)) <= limit, sizes
     assert strategy.answer(history) >= 0.9 * true_max(strategy.usable_bytes, peak_of), sizes
 
