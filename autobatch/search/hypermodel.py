@@ -163,9 +163,9 @@ class BatchHyperModel(keras_tuner.HyperModel):
             # Functions traced before (the caller's own fit) captured another optimizer.
             model.train_function = model.test_function = model.predict_function = None
         else:
-            for variable, value in zip(self._search_optimizer.variables, fresh.variables):
+            for variable, value in zip(self._search_optimizer.variables, fresh.variables, strict=True):
                 variable.assign(value)
-        for variable, value in zip(model.variables, self._initial_values):
+        for variable, value in zip(model.variables, self._initial_values, strict=True):
             variable.assign(value)
         return learning_rate_of(fresh)
 
