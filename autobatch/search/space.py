@@ -339,7 +339,7 @@ def _is_number(value: Any) -> bool:
 def _positive_ints(values: Any, name: str) -> list[int]:
     items = list(values) if isinstance(values, (list, tuple)) else None
     if not items or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in items
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1 for v in items
     ):
         raise InvalidArgumentError(
             f"{name}={values!r}; expected a non-empty list of positive integers, "
