@@ -124,6 +124,7 @@ class BatchHyperModel(keras_tuner.HyperModel):
     def build(self, hp: keras_tuner.HyperParameters) -> Any:
         if self.model is not None:
             return self.model
+        assert self.user_hypermodel is not None  # tune() passes a model or a HyperModel
         # A new model per candidate: clear what the previous ones left in the session, so
         # memory does not grow across trials.
         import keras
