@@ -344,10 +344,10 @@ def verdict(entry: dict[str, Any]) -> str:
 def plot(entries: list[dict[str, Any]], directory: Any, stem: str) -> Any:
     plt = _common.pyplot()
     figure, axes = plt.subplots(1, len(entries), figsize=(5.5 * len(entries), 4), squeeze=False)
-    for axis, entry in zip(axes[0], entries):
+    for axis, entry in zip(axes[0], entries, strict=True):
         for index, (key, label) in enumerate(METHODS):
             points = [(r[key]["seconds"], r[key]["best_val_loss"]) for r in entry["runs"]]
-            axis.scatter(*zip(*points), label=label, color=f"C{index}", s=40)
+            axis.scatter(*zip(*points, strict=True), label=label, color=f"C{index}", s=40)
         axis.set_xscale("log")
         axis.set_xlabel("wall seconds (log)")
         axis.set_ylabel("best val_loss")

@@ -108,7 +108,7 @@ def shared_run_plan(candidates: list[Candidate]) -> tuple[int, int, list[int]]:
         if c.max_epochs == 1 and c.budget_samples is not None:
             k = min(k, max(1, math.ceil(c.budget_samples / (steps * c.batch_size))))
         every.append(k)
-    epochs = max(c.max_epochs * k for c, k in zip(candidates, every))
+    epochs = max(c.max_epochs * k for c, k in zip(candidates, every, strict=True))
     return steps, epochs, every
 
 
@@ -200,7 +200,7 @@ def train_candidates(
     """
     batch_size = candidates[0].batch_size
     steps, epochs, every = shared_run_plan(candidates)
-    followers = [_Follower(c, k, min_delta) for c, k in zip(candidates, every)]
+    followers = [_Follower(c, k, min_delta) for c, k in zip(candidates, every, strict=True)]
     watcher = _watcher(followers, candidates[0].budget_seconds, deadline)
     budget = candidates[0].budget_samples
     cap_steps = None

@@ -124,6 +124,7 @@ class BatchHyperModel(keras_tuner.HyperModel):
     def build(self, hp: keras_tuner.HyperParameters) -> Any:
         if self.model is not None:
             return self.model
+        assert self.user_hypermodel is not None  # tune() passes a model or a HyperModel
         # A new model per candidate: clear what the previous ones left in the session, so
         # memory does not grow across trials.
         import keras
@@ -163,9 +164,9 @@ class BatchHyperModel(keras_tuner.HyperModel):
             # Functions traced before (the caller's own fit) captured another optimizer.
             model.train_function = model.test_function = model.predict_function = None
         else:
-            for variable, value in zip(self._search_optimizer.variables, fresh.variables):
+            for variable, value in zip(self._search_optimizer.variables, fresh.variables, strict=True):
                 variable.assign(value)
-        for variable, value in zip(model.variables, self._initial_values):
+        for variable, value in zip(model.variables, self._initial_values, strict=True):
             variable.assign(value)
         return learning_rate_of(fresh)
 

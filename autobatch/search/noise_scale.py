@@ -394,7 +394,7 @@ class GradientNormMeter:
                 tf.zeros(v.shape, tf.float32)
                 if g is None  # a variable the loss does not reach
                 else tf.cast(tf.convert_to_tensor(g), tf.float32)
-                for g, v in zip(tape.gradient(loss, variables), variables)
+                for g, v in zip(tape.gradient(loss, variables), variables, strict=True)
             ]
 
         def squared_norm(tensors: list[Any]) -> Any:
@@ -405,7 +405,7 @@ class GradientNormMeter:
 
             def step(index: Any, small_sum: Any, total: list[Any]) -> tuple[Any, Any, list[Any]]:
                 gradients = slice_gradients(index, x, y)
-                total = [t + g for t, g in zip(total, gradients)]
+                total = [t + g for t, g in zip(total, gradients, strict=True)]
                 return index + 1, small_sum + squared_norm(gradients), total
 
             start = (

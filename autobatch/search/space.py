@@ -242,11 +242,11 @@ class Budget:
     of the budget, ``budget_samples / hyperband_epochs`` training samples (or seconds), so a
     trial asked for ``tuner/epochs = e`` trains ``e / hyperband_epochs`` of the budget (its
     ``max_epochs`` of 9 is the whole budget), which each candidate turns into its own number
-    of epochs of about ``steps_per_epoch * batch_size`` samples (`epochs_for_samples`). A promoted trial trains again from the initial weights
-    rather than continuing a checkpoint, so its run is exactly one ``model.fit`` call that
-    ``fit_kwargs()`` can reproduce (continuing would restart the data iterator mid-pass and
-    the optimizer, see PITFALLS); a candidate that early stopping had already ended is not
-    trained again.
+    of epochs of about ``steps_per_epoch * batch_size`` samples (`epochs_for_samples`). A
+    promoted trial trains again from the initial weights rather than continuing a
+    checkpoint, so its run is exactly one ``model.fit`` call that ``fit_kwargs()`` can
+    reproduce (continuing would restart the data iterator mid-pass and the optimizer, see
+    PITFALLS); a candidate that early stopping had already ended is not trained again.
     """
 
     samples: int | None
@@ -339,7 +339,7 @@ def _is_number(value: Any) -> bool:
 def _positive_ints(values: Any, name: str) -> list[int]:
     items = list(values) if isinstance(values, (list, tuple)) else None
     if not items or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in items
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1 for v in items
     ):
         raise InvalidArgumentError(
             f"{name}={values!r}; expected a non-empty list of positive integers, "

@@ -324,9 +324,11 @@ def _plan(
         hyperband_random_trials,
     )
 
+    num_samples = train.num_samples
+    assert num_samples is not None  # _training_and_validation counted it or refused the data
     space = build_space(
-        num_samples=train.num_samples,
-        max_batch_size=max(1, min(probe.max_batch_size, train.num_samples)),
+        num_samples=num_samples,
+        max_batch_size=max(1, min(probe.max_batch_size, num_samples)),
         endless=train.endless,
         batch_sizes=batch_sizes,
         steps_per_epoch=steps_per_epoch,
@@ -346,7 +348,7 @@ def _plan(
     elif tuner == "hyperband":
         shares = hyperband_epochs_for(space.size)
     budget = _budget(
-        budget_samples, budget_seconds, patience, train.num_samples, hyperband_epochs=shares
+        budget_samples, budget_seconds, patience, num_samples, hyperband_epochs=shares
     )
     return _Plan(space, tuner, budget, max_trials, candidates)
 
@@ -638,9 +640,10 @@ def _result(
     validation_split: float | None, out_of_time: bool = False, time_budget: float | None = None,
 ) -> TuneResult:
     ranked = ranked_trials(records)
-    if not ranked or ranked[0].status == "failed" or ranked[0].val_loss is None:
+    best = ranked[0] if ranked else None
+    if best is None or best.status == "failed" or best.val_loss is None:
         raise AllTrialsFailedError(_all_failed_message(records, directory))
-    best = ranked[0]
+    assert best.best_epoch is not None  # a trial with a val_loss has the epoch it came from
     return TuneResult(
         batch_size=best.batch_size,
         steps_per_epoch=best.steps_per_epoch,

@@ -193,7 +193,9 @@ class ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
             )
 
         ordered = sorted(self.start_order, key=functools.cmp_to_key(compare))
-        self._ordered_ids = type(self._ordered_ids)()
+        # keras-tuner's private LinkedList, emptied: its type taken from the instance rather
+        # than imported from a private module.
+        self._ordered_ids: Any = type(self._ordered_ids)()
         for trial_id in ordered:
             self._ordered_ids.insert(trial_id)
         self._populate_next = list(ordered)
@@ -279,6 +281,14 @@ class BatchTuner(keras_tuner.Tuner):
             raise FailedTrialError(
                 f"batch_size={record.batch_size}, steps_per_epoch={record.steps_per_epoch}: "
                 f"{record.error}"
+            )
+        if record.val_loss is None:
+            # Its shared run stopped (budget_seconds, a caller's callback) before this
+            # candidate's first validation. keras-tuner would fail the trial anyway, on
+            # float(None); this says why.
+            raise FailedTrialError(
+                f"batch_size={record.batch_size}, steps_per_epoch={record.steps_per_epoch}: "
+                "stopped before its first validation, so it has no val_loss"
             )
         return {OBJECTIVE: record.val_loss}
 

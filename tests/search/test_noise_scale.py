@@ -205,7 +205,7 @@ def test_the_model_optimizer_and_metrics_are_left_exactly_as_they_were():
     estimate = estimate_noise_scale(model, x, y, small_batch=4, big_batch=32, num_steps=3, seed=1)
     after = state()
     assert len(after) == len(before)
-    for old, new in zip(before, after):
+    for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(old, new)
     assert np.isfinite(estimate.noise_scale) or estimate.noise_scale == math.inf
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import keras
 import pytest
 
@@ -85,3 +88,26 @@ def test_a_budget_smaller_than_one_epoch_is_not_overspent(tmp_path, probed):
     for t in result.trials:
         finest = min(s.steps_per_epoch for s in result.trials if s.batch_size == t.batch_size)
         assert t.samples_seen <= t.budget_samples + finest * t.batch_size
+
+
+def test_a_candidate_its_run_stopped_before_its_first_validation_fails_saying_why(
+    tmp_path, probed
+):
+    class StopAfterOneEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    x, y = regression_data()
+    # One shared run validates every 2 steps; the callback ends it after the first.
+    result = autobatch.tune(make_model(), (x, y), **small_search(
+        tmp_path, probe=probed, batch_sizes=[16], steps_per_epoch=[0.25, 0.5, 1.0],
+        callbacks=[StopAfterOneEpoch()]))
+    by_steps = {t.steps_per_epoch: t for t in result.trials}
+    assert result.steps_per_epoch == 2 and by_steps[2].val_loss is not None
+    assert by_steps[4].val_loss is None and by_steps[8].val_loss is None
+    # keras-tuner's books say why, rather than a TypeError on float(None).
+    tuner_trials = [json.loads(path.read_text())
+                    for path in Path(result.directory).glob("trial_*/trial.json")]
+    failed = [t for t in tuner_trials if t["status"] == "FAILED"]
+    assert len(failed) == 2
+    assert all("stopped before its first validation" in t["message"] for t in failed)

@@ -61,12 +61,12 @@ def model_state(model: keras.Model) -> dict:
 
 def assert_untouched(model: keras.Model, before: dict) -> None:
     after = model_state(model)
-    assert all(np.array_equal(a, b) for a, b in zip(before["weights"], after["weights"]))
+    assert all(np.array_equal(a, b) for a, b in zip(before["weights"], after["weights"], strict=True))
     assert after["optimizer"] is before["optimizer"]
     assert after["optimizer_config"] == before["optimizer_config"]
     assert after["optimizer_built"] == before["optimizer_built"]
     assert all(np.array_equal(a, b)
-               for a, b in zip(before["optimizer_values"], after["optimizer_values"]))
+               for a, b in zip(before["optimizer_values"], after["optimizer_values"], strict=True))
     assert (after["loss"], after["metrics"]) == (before["loss"], before["metrics"])
 
 
