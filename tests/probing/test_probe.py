@@ -96,7 +96,7 @@ def test_real_host_memory_under_an_explicit_limit(regression_data):
         assert trial.peak_bytes is not None and trial.peak_bytes > 0
         assert trial.fits == (trial.peak_bytes <= result.usable_bytes)
     assert max(t.peak_bytes for t in result.trials) <= limit, "a trial crossed the host limit"
-    assert result.num_trials <= 12
+    assert result.num_trials <= 14  # doubling from 1 to the 4096 samples, then quarter steps
     assert_unchanged(model, before)
 
     assert result.verified and result.verifications[-1].batch_size == result.max_batch_size
