@@ -62,11 +62,11 @@ def test_finds_the_exact_threshold_of_a_linear_curve(limit, fixed, per_sample, c
         assert strategy.answer(history) == true_max(limit, peak_of)
     else:
         # Host steps go a quarter of the way to the limit at most, and stop within half the
-        # host's default margin of the usable memory, answering the line's edge there (no trial
-        # ever crossed the limit: no ProcessKilled).
+        # host's default margin of the usable memory, answering the largest batch that ran
+        # (no trial ever crossed the limit: no ProcessKilled).
         strategy, history = simulate(limit, peak_of, catchable=False, margin=0.1)
         usable_max = true_max(strategy.usable_bytes, peak_of)
-        assert 0.99 * usable_max <= strategy.answer(history) <= usable_max
+        assert 0.9 * usable_max <= strategy.answer(history) <= usable_max
         assert len(history) <= 18  # doubling from batch 1, then quarter steps
     # One out-of-memory at most, except when even the first trial was too big: then the
     # step above the answer has to be tried as well.
@@ -133,12 +133,7 @@ def test_host_memory_survives_a_slope_that_triples_between_two_trials(knee):
     peak_of = lambda b: 100 + b if b <= knee else 100 + knee + 3 * (b - knee)  # noqa: E731
     strategy, history = simulate(1000, peak_of, margin=0.05, catchable=False)
     answer = strategy.answer(history)
-    if strategy.stop_reason == "within half the margin of the usable memory":
-        # The line's edge, not run: the probe's verification runs it, stopped at the margin,
-        # and backs off if the bend put it past. Running it must not cross the limit.
-        assert peak_of(answer) <= strategy.limit_bytes
-    else:
-        assert peak_of(answer) <= strategy.usable_bytes
+    assert peak_of(answer) <= strategy.usable_bytes
     assert answer >= 0.9 * true_max(strategy.usable_bytes, peak_of)
 
 
