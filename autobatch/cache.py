@@ -48,8 +48,10 @@ from autobatch.results import ProbeResult
 
 __all__ = ["cache_root", "fits_now", "load", "probe_dir", "probe_key", "store"]
 
-#: Bump when the meaning of the key changes, so old entries stop matching.
-KEY_FORMAT = 1
+#: Bump when the meaning of the key or the probe's answer changes, so old entries stop
+#: matching (2: answers verified with real epochs; an upgraded probe must not serve answers
+#: found the old way).
+KEY_FORMAT = 2
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 # Environment variables that change how much memory a step takes or how it is measured.
 _MEMORY_ENVIRONMENT = (
