@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
 
 from autobatch import report
+from autobatch._quiet import native_stderr_silenced
 from autobatch._units import parse_bytes
 from autobatch.demo import HOST_HEADROOM
 from autobatch.devices import resolve_memory_limit
@@ -707,7 +708,7 @@ def _start_framework(debug: bool) -> None:
     user_chose = "TF_CPP_MIN_LOG_LEVEL" in os.environ
     if not user_chose and not debug:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    quiet = _native_stderr_silenced() if not (debug or user_chose) else contextlib.nullcontext()
+    quiet = native_stderr_silenced() if not (debug or user_chose) else contextlib.nullcontext()
     with quiet:
         import keras
 
@@ -721,23 +722,6 @@ def _start_framework(debug: bool) -> None:
 
             tf.config.list_physical_devices()  # device discovery logs here, once per process
 
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to hide
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover
