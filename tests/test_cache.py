@@ -228,15 +228,18 @@ def test_a_relative_memory_limit_is_found_again_though_memory_moved(regression_d
     # not move with it, or the demo and the CLI default would never hit the cache. (Above the
     # 64 MiB that the host probe always keeps free, or batch 1 would not fit.)
     model = build()
-    first = autobatch.probe(model, regression_data, memory_limit="+192MiB", verbose=0)
+    # max_batch_size keeps each real probe to a few trials: the key is what is tested.
+    first = autobatch.probe(model, regression_data, memory_limit="+192MiB", max_batch_size=16, verbose=0)
     ballast = np.ones(4 * 2**20)  # 32 MiB more in use: the resolved limit moves up with it
-    second = autobatch.probe(model, regression_data, memory_limit="+192MiB", verbose=0)
+    second = autobatch.probe(model, regression_data, memory_limit="+192MiB", max_batch_size=16, verbose=0)
     del ballast
 
     assert not first.from_cache
     assert second.from_cache
     assert second.max_batch_size == first.max_batch_size
-    spelled_otherwise = autobatch.probe(model, regression_data, memory_limit=" +201326592", verbose=0)
+    spelled_otherwise = autobatch.probe(
+        model, regression_data, memory_limit=" +201326592", max_batch_size=16, verbose=0
+    )
     assert spelled_otherwise.from_cache
-    other = autobatch.probe(model, regression_data, memory_limit="+256MiB", verbose=0)
+    other = autobatch.probe(model, regression_data, memory_limit="+256MiB", max_batch_size=16, verbose=0)
     assert not other.from_cache

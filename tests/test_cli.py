@@ -244,7 +244,8 @@ def test_report_plots_without_matplotlib_give_the_install_hint(capsys, files, tm
     reason="probe() has no use_cache parameter yet",
 )
 def test_a_second_probe_comes_from_the_cache_unless_no_cache(capsys, files):
-    args = ["probe", files / "model.keras", "--data", files / "data.npz"]
+    # A few trials suffice: the cache is what is tested.
+    args = ["probe", files / "model.keras", "--data", files / "data.npz", "--max-batch-size", "16"]
     assert run(*args) == 0
     assert "from the probe cache" not in capsys.readouterr().err
     assert run(*args) == 0

@@ -382,5 +382,7 @@ def test_the_default_margin_is_the_memory_backends(mlp, regression_data):
     assert result.margin == fake.default_margin == 0.05
     free = 5000 - result.baseline_bytes
     assert result.usable_bytes == result.baseline_bytes + int(free * 0.95)
-    host = autobatch.probe(mlp, regression_data, memory_limit="+256MiB", use_cache=False, verbose=0)
+    host = autobatch.probe(
+        mlp, regression_data, memory_limit="+256MiB", max_batch_size=8, use_cache=False, verbose=0
+    )
     assert host.margin == HostMemory.default_margin

@@ -121,13 +121,13 @@ def test_watchdog_ends_a_real_host_trial_at_its_bound():
 
 def test_real_host_probe_reports_what_it_leaves_and_its_answer_trains_in_the_same_process():
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2048, 256)).astype("float32")
-    y = rng.integers(0, 10, size=2048).astype("int32")
+    x = rng.normal(size=(1024, 128)).astype("float32")
+    y = rng.integers(0, 10, size=1024).astype("int32")
     import keras
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((256,)), keras.layers.Dense(512, activation="relu"), keras.layers.Dense(10)]
+        [keras.Input((128,)), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)]
     )
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     memory = HostMemory()
