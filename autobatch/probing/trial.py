@@ -103,6 +103,73 @@ def quiet_retracing() -> Any:
         logger.setLevel(level)
 
 
+@dataclass(frozen=True)
+class MeasuredFit:
+    """One ``model.fit`` whose peak memory was measured (see `measured_fit`)."""
+
+    peak_bytes: int | None
+    """None when it ran out of memory."""
+    steps: int
+    """Optimizer steps that ran."""
+    seconds: float
+    out_of_memory: bool
+    stopped_early: bool
+    """The watchdog ended it: its peak passed ``stop_above_bytes``."""
+
+
+def measured_fit(
+    model: Any,
+    memory: MemoryBackend,
+    batch_size: int,
+    fit_kwargs: dict[str, Any],
+    callbacks: list[Any],
+    *,
+    stop_above_bytes: int | None,
+    doing: str,
+) -> MeasuredFit:
+    """``model.fit(**fit_kwargs)`` at ``batch_size``, its peak measured, under the watchdog.
+
+    What a trial and a verification share. Only out-of-memory errors are caught (and the
+    memory released); anything else is raised as `TrialError`, ``doing`` saying what failed
+    ("Training at batch size 64"). The caller restores the model's state.
+    """
+    from autobatch.errors import describe_backend_error
+
+    iterations_before = int(model.optimizer.iterations.numpy())
+    # Fresh functions per fit: cached ones would retrace for every new batch shape and keep
+    # all those graphs alive.
+    model.train_function = model.test_function = None
+    # What earlier fits freed is handed back first, so this peak is not measured on top of
+    # it (on host RAM, malloc keeps freed heap until asked: see HostMemory.release).
+    memory.release()
+    out_of_memory = stopped_early = False
+    started = time.perf_counter()
+    try:
+        with memory.trial(batch_size) as reading, quiet_retracing():
+            model.fit(
+                **fit_kwargs, verbose=0, callbacks=[*callbacks, watchdog(memory, stop_above_bytes)]
+            )
+    except PastMemoryBound:
+        stopped_early = True
+    except Exception as error:  # noqa: BLE001 - only out-of-memory is swallowed, below
+        if not memory.is_out_of_memory(error):
+            raise TrialError(
+                f"{doing} failed with {describe_backend_error(error)}. This is not an "
+                "out-of-memory error, so autobatch stopped; check that model.fit works on "
+                "this data at a small batch size."
+            ) from error
+        out_of_memory = True
+    seconds = time.perf_counter() - started
+    model.train_function = model.test_function = None
+    if out_of_memory:
+        # Outside the except block: its traceback no longer pins the failed step's tensors.
+        memory.release()
+    steps = int(model.optimizer.iterations.numpy()) - iterations_before
+    return MeasuredFit(
+        None if out_of_memory else reading.peak_bytes, steps, seconds, out_of_memory, stopped_early
+    )
+
+
 def run_trial(
     model: Any,
     data: TrainingData,
@@ -120,57 +187,30 @@ def run_trial(
     """
     inputs = data.probe_inputs(batch_size, steps)
     timer = _step_timer()
-    iterations_before = int(model.optimizer.iterations.numpy())
-    # A fresh train function per trial: a cached one would retrace for every new batch shape
-    # and keep all those graphs alive.
-    model.train_function = None
-    # What earlier trials freed is handed back first, so this peak is not measured on top of
-    # it (on host RAM, malloc keeps freed heap until asked: see HostMemory.release).
-    memory.release()
-    out_of_memory = stopped_early = False
-    started = time.perf_counter()
-    try:
-        with memory.trial(batch_size) as reading, quiet_retracing():
-            model.fit(
-                **inputs.kwargs,
-                epochs=inputs.epochs,
-                steps_per_epoch=inputs.steps,
-                verbose=0,
-                callbacks=[timer, watchdog(memory, stop_above_bytes)],
-            )
-    except PastMemoryBound:
-        stopped_early = True
-    except Exception as error:  # noqa: BLE001 - only out-of-memory is swallowed, below
-        if not memory.is_out_of_memory(error):
-            from autobatch.errors import describe_backend_error  # here: a one-hunk change
-
-            raise TrialError(
-                f"Training at batch size {batch_size} failed with {describe_backend_error(error)}"
-                ". This is not an out-of-memory error, so autobatch stopped; check that "
-                "model.fit works on this data at a small batch size."
-            ) from error
-        out_of_memory = True
-    seconds = time.perf_counter() - started
-    model.train_function = None
-    if out_of_memory:
-        # Outside the except block: its traceback no longer pins the failed step's tensors.
-        memory.release()
-        return TrialOutcome(batch_size, None, 0, None, seconds, True)
-
-    steps_run = int(model.optimizer.iterations.numpy()) - iterations_before
-    if steps_run < inputs.total_steps and not stopped_early:
+    fit = measured_fit(
+        model,
+        memory,
+        batch_size,
+        {**inputs.kwargs, "epochs": inputs.epochs, "steps_per_epoch": inputs.steps},
+        [timer],
+        stop_above_bytes=stop_above_bytes,
+        doing=f"Training at batch size {batch_size}",
+    )
+    if fit.out_of_memory:
+        return TrialOutcome(batch_size, None, 0, None, fit.seconds, True)
+    if fit.steps < inputs.total_steps and not fit.stopped_early:
         raise NoTrainingError(
-            f"The trial at batch size {batch_size} ran {steps_run} of {inputs.total_steps} optimizer "
+            f"The trial at batch size {batch_size} ran {fit.steps} of {inputs.total_steps} optimizer "
             "steps, so it measured nothing. The data ran out (a dataset smaller than one batch, "
             "or a callable that yields fewer batches than asked), or the model has no trainable "
             "weights. Check that model.fit(...) trains on this data."
         )
     return TrialOutcome(
         batch_size,
-        reading.peak_bytes,
-        steps_run,
+        fit.peak_bytes,
+        fit.steps,
         timer.seconds_per_step(),
-        seconds,
+        fit.seconds,
         False,
-        stopped_early,
+        fit.stopped_early,
     )

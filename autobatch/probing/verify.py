@@ -12,14 +12,12 @@ size, until the peak stops growing: the epoch that raised it by less than
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from autobatch.data import TrainingData
-from autobatch.errors import TrialError
 from autobatch.memory.base import MemoryBackend
-from autobatch.probing.trial import PastMemoryBound, quiet_retracing, watchdog
+from autobatch.probing.trial import measured_fit
 
 MIN_EPOCHS = 2
 
@@ -77,47 +75,23 @@ def verify(
     """
     inputs = data.verification_inputs(batch_size, max_steps)
     epoch_peaks: list[int] = []
-    iterations_before = int(model.optimizer.iterations.numpy())
-    callbacks = [
-        _stability_stopper(memory, growth_tolerance_bytes, epoch_peaks),
-        watchdog(memory, stop_above_bytes),
-    ]
-    model.train_function = model.test_function = None
-    memory.release()
-    out_of_memory = stopped_early = False
-    started = time.perf_counter()
-    try:
-        with memory.trial(batch_size) as reading, quiet_retracing():
-            model.fit(
-                **inputs.kwargs,
-                epochs=max_epochs,
-                steps_per_epoch=inputs.steps,
-                verbose=0,
-                callbacks=callbacks,
-            )
-    except PastMemoryBound:
-        stopped_early = True
-    except Exception as error:  # noqa: BLE001 - only out-of-memory is swallowed
-        if not memory.is_out_of_memory(error):
-            raise TrialError(
-                f"Verifying batch size {batch_size} with real training epochs failed with "
-                f"{type(error).__name__}: {error}. This is not an out-of-memory error; check "
-                "that model.fit(..., validation_data=...) works on this data."
-            ) from error
-        out_of_memory = True
-    seconds = time.perf_counter() - started
-    model.train_function = model.test_function = None
-    if out_of_memory:
-        memory.release()  # outside the except block, so the failed step's tensors can go
-    steps = int(model.optimizer.iterations.numpy()) - iterations_before
+    fit = measured_fit(
+        model,
+        memory,
+        batch_size,
+        {**inputs.kwargs, "epochs": max_epochs, "steps_per_epoch": inputs.steps},
+        [_stability_stopper(memory, growth_tolerance_bytes, epoch_peaks)],
+        stop_above_bytes=stop_above_bytes,
+        doing=f"Verifying batch size {batch_size} with real training epochs",
+    )
     return VerificationOutcome(
         batch_size=batch_size,
-        peak_bytes=None if out_of_memory else reading.peak_bytes,
+        peak_bytes=fit.peak_bytes,
         epochs=len(epoch_peaks),
-        train_steps=steps,
+        train_steps=fit.steps,
         epoch_peak_bytes=epoch_peaks,
         stable=_is_stable(epoch_peaks, growth_tolerance_bytes),
-        out_of_memory=out_of_memory,
-        stopped_early=stopped_early,
-        seconds=seconds,
+        out_of_memory=fit.out_of_memory,
+        stopped_early=fit.stopped_early,
+        seconds=fit.seconds,
     )
