@@ -221,7 +221,7 @@ class ProbeStrategy:
         if math.isinf(edge):
             # No measured growth at all (peaks at or below the baseline, as on tiny models):
             # nothing bounds the step but the largest growth allowed.
-            edge = largest_fit * self._growth_limit(history)
+            edge = largest_fit * self.max_growth
         close_enough = self.tolerance * largest_fit
         if cap - largest_fit < max(1, close_enough):
             return None, "bracketed the limit within the tolerance"
@@ -292,7 +292,7 @@ class ProbeStrategy:
         room = self.limit_bytes - max(measured.values()) - scatter
         if room <= 0:
             return None
-        growth = largest * self._growth_limit(history)
+        growth = largest * self.max_growth
         if slope <= 0:
             return growth
         share = 1.0 / max(HOST_STEP_DIVISOR, 1.5 * self.surprise(history))
@@ -337,10 +337,6 @@ class ProbeStrategy:
                 continue  # a flat line predicts nothing: the doubling bounds that step
             worst = max(worst, actual / predicted)
         return worst
-
-    def _growth_limit(self, history: list[Observation]) -> float:
-        """How many times the largest batch the next one may be (see the module docstring)."""
-        return self.max_growth
 
 
 def _largest_peaks(history: list[Observation]) -> dict[int, int]:
