@@ -196,7 +196,16 @@ def probe_summary(result: ProbeResult) -> str:
         f"limit {format_bytes(result.limit_bytes)} ({result.limit_source}), "
         f"{result.num_trials} trials, {result.num_oom} out of memory, "
         f"{result.seconds:.1f} s; stopped because {result.stop_reason}.{_answer_headroom(result)}"
-        f"{_verification_summary(result)}"
+        f"{_verification_summary(result)}{_isolation_summary(result)}"
+    )
+
+
+def _isolation_summary(result: ProbeResult) -> str:
+    if not result.isolated:
+        return ""
+    return (
+        " Each trial ran in a new worker process: the answer is what a new process trains at"
+        + (f"; {result.num_oom} killed worker(s) counted as out of memory." if result.num_oom else ".")
     )
 
 

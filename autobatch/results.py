@@ -139,6 +139,10 @@ class ProbeResult(_JsonMixin):
     """This process's memory in use before the probe started (after releasing freed memory)."""
     memory_after_bytes: int | None = None
     """The same after the probe returned: what it left behind is the difference."""
+    isolated: bool = False
+    """Every trial and verification ran in a new worker process (``probe(..., isolate=True)``,
+    the default for a model file): peaks are those of a new process, a killed worker counted
+    as out of memory, and the calling process kept none of the trials' memory."""
 
     @property
     def num_trials(self) -> int:

@@ -12,6 +12,10 @@ Run as ``python -m benchmarks._child '<json>'`` from the repository root, in a `
   before probing; with ``fit_after_epochs`` the answer is then used for real training in the
   same process (a second result line, ``{"fit_after": ...}``: a process killed there has
   already reported its probe);
+- ``save``: write the model and its arrays to ``folder`` (model.keras, data.npz);
+- ``probe_files``: a pipeline step, ``autobatch.probe("model.keras", "data.npz")`` in a
+  process that never imports TensorFlow for it (trials in worker processes); with
+  ``fit_after_epochs`` the same process then trains at the answer;
 - ``worker``: a trial server for the peer strategies: one trial per ``<batch size>`` line read
   on stdin, one JSON line back, until stdin closes;
 - ``sweep``: throughput and peak memory at each of a list of batch sizes, ascending.
@@ -244,25 +248,64 @@ def job_probe(spec: dict[str, Any], model: Any, x: Any, y: Any) -> dict[str, Any
     if not epochs:
         return payload
     _emit(payload)  # reported before training at the answer, which may be killed
+    return {**payload, "fit_after": _fit_after(spec, model, x, y, result.max_batch_size)}
+
+
+def job_save(spec: dict[str, Any], model: Any, x: Any, y: Any) -> dict[str, Any]:
+    """Save the model and its arrays for a probe that is given files (``probe_files``)."""
+    import numpy as np
+
+    folder = Path(spec["folder"])
+    arrays = {f"x_{k}": v for k, v in x.items()} if isinstance(x, dict) else {"x": x}
+    model.save(folder / "model.keras")
+    np.savez(folder / "data.npz", y=y, **arrays)
+    return {"model_path": str(folder / "model.keras"), "data_path": str(folder / "data.npz")}
+
+
+def job_probe_files(spec: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline step: ``autobatch.probe("model.keras", "data.npz")`` in a process that has not
+    imported TensorFlow (trials in worker processes); then, with ``fit_after_epochs``, the
+    script goes on to load the model and train at the answer in this same process."""
+    import autobatch
+
+    started = time.perf_counter()
+    result = autobatch.probe(
+        spec["model_path"], spec["data_path"], memory_limit=spec.get("explicit_limit"), verbose=1
+    )
+    payload = {
+        "result": result.to_dict(),
+        "wall_seconds": time.perf_counter() - started,
+        "supervisor_imported_tensorflow": "tensorflow" in sys.modules,
+        "supervisor_peak_bytes": _peak_charged_bytes(),
+    }
+    epochs = spec.get("fit_after_epochs")
+    if not epochs:
+        return payload
+    _emit(payload)
+    from benchmarks import zoo
+
+    model, (x, y) = zoo.build(spec["model"], seed=spec.get("seed", 0))
+    return {**payload, "fit_after": _fit_after(spec, model, x, y, result.max_batch_size)}
+
+
+def _fit_after(spec: dict[str, Any], model: Any, x: Any, y: Any, batch_size: int) -> dict[str, Any]:
+    """Real training at the probe's answer in the probe's own process."""
     peak = _Peak(spec)
     peak.reset()
     fit_started = time.perf_counter()
     try:
-        steps = _fit_for_real(model, x, y, result.max_batch_size, epochs)
+        steps = _fit_for_real(model, x, y, batch_size, spec["fit_after_epochs"])
     except Exception as error:  # noqa: BLE001 - a catchable OOM (GPU) means "does not fit"
         if not _is_oom(error):
             raise
-        return {**payload, "fit_after": {"fits": False, "oom": "exception"}}
+        return {"fits": False, "oom": "exception"}
     limit = spec.get("explicit_limit")
     fits = limit is None or (_peak_charged_bytes() or 0) <= limit  # no cgroup: simulated
     return {
-        **payload,
-        "fit_after": {
-            "fits": fits,
-            "steps": steps,
-            "seconds": time.perf_counter() - fit_started,
-            "peak_bytes": peak.read(),
-        },
+        "fits": fits,
+        "steps": steps,
+        "seconds": time.perf_counter() - fit_started,
+        "peak_bytes": peak.read(),
     }
 
 
@@ -321,6 +364,9 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     started = time.perf_counter()
+    if spec["job"] == "probe_files":
+        _emit(job_probe_files(spec))
+        return
     from benchmarks import zoo
 
     model, (x, y) = zoo.build(spec["model"], seed=spec.get("seed", 0))
@@ -329,7 +375,7 @@ def main() -> None:
     if job == "worker":
         job_worker(spec, model, x, y)
         return
-    payload = {"fit": job_fit, "probe": job_probe, "sweep": job_sweep}[job](spec, model, x, y)
+    payload = {"fit": job_fit, "probe": job_probe, "sweep": job_sweep, "save": job_save}[job](spec, model, x, y)
     payload["startup_seconds"] = build_seconds
     _emit(payload)
 

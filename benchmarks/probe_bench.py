@@ -8,16 +8,21 @@ For each zoo model, under one real memory limit:
    Where no cgroup can be made, an explicit limit: a peak above it (peak RSS less
    file-backed pages, the measure of autobatch's host backend) counts as running out, and
    autobatch gets it as ``memory_limit``.
-2. **Our probe**, in a fresh process inside the cgroup, given nothing but the model and the
-   data: it must find the limit by itself and must never be killed. Afterwards the model's
-   weights, optimizer variables and ``optimizer.iterations`` must be unchanged.
-3. **The true largest batch**: each candidate trained as real training runs, in a fresh
-   process inside the cgroup (killed = does not fit): two passes of a few full batches and the
-   partial batch that ends each pass on these arrays (that batch and the next pass cost memory
-   full batches alone never show); exponential steps from our answer, then bisection to the
-   stated precision (memory grows with the batch, so fitting is monotone).
-4. **Verification**: training at our answer, in a fresh process, two passes (up to 10 full
-   batches each, plus the partial one), must succeed.
+2. **Our probe, as a pipeline step**: a fresh process inside the cgroup calls
+   ``autobatch.probe("model.keras", "data.npz")`` (trials in worker processes, TensorFlow
+   never imported by the caller), then loads the model and trains at the answer for real.
+   It must find the limit by itself and must never be killed (a killed worker is an
+   observation; the caller must survive). **As a notebook**: the probe of the model object
+   in its own process (the default there), then training at its answer in that process;
+   and the same in a process that trained first. The model's weights, optimizer variables
+   and ``optimizer.iterations`` must be unchanged.
+3. **The true largest batch**: real training, ``fit`` for ``--truth-epochs`` epochs with
+   ``validation_split=0.2`` (every pass ends in its partial batch and validates at the same
+   batch), in fresh processes inside the cgroup, surviving ``--truth-runs`` runs of as many
+   (killed = does not fit); exponential steps from our answer, then bisection to the stated
+   precision (memory grows with the batch, so fitting is monotone).
+4. **Verification**: one real fit at the pipeline's answer, in a fresh process, for
+   ``--verify-epochs`` epochs, must survive.
 5. **Peers**, reimplemented in `benchmarks.peers` and run against the same limit in a worker
    process that trains the same model: Lightning "power" and "binsearch", Hugging Face
    Accelerate's halving (and its 1.x 0.9 factor), Ultralytics' fit at 60% of free memory.
@@ -347,12 +352,22 @@ def _bench_under(model: str, limit: Limit, headroom: int, args: Any) -> dict[str
         _note(f"{model}: {limit.kind}, limit {limit.limit_bytes / 2**20:.0f} MiB "
               f"(tiny run peak {limit.baseline_bytes / 2**20:.0f} MiB + {headroom} MiB)")
 
-    # A pipeline: probe in a fresh process, then (same process, as a script or notebook
-    # does) train at the answer for real.
-    ours = _probe_run(launcher, "fresh", fit_after_epochs=args.truth_epochs)
+    # A pipeline step: the probe given files, its trials in worker processes, in a process
+    # that never imported TensorFlow; the same script then trains at the answer.
+    folder = launcher.log_dir / f"{model}-files"
+    folder.mkdir(exist_ok=True)
+    saved = launcher.run("save", folder=str(folder))
+    ours = _probe_run(
+        launcher, "pipeline", job="probe_files", fit_after_epochs=args.truth_epochs,
+        model_path=saved["model_path"], data_path=saved["data_path"],
+    )
     answer = ours["answer"]
     if limit.kind == DEVICE and ours.get("result"):
         limit.limit_bytes = ours["result"]["limit_bytes"]
+
+    # A notebook or script holding the model: the probe in its process (the default for a
+    # model object), then training at the answer in that same process.
+    notebook = _probe_run(launcher, "notebook", fit_after_epochs=args.truth_epochs)
 
     # A notebook: the user trained a few steps first, then probes, then trains at the answer.
     trained_first = None
@@ -420,6 +435,7 @@ def _bench_under(model: str, limit: Limit, headroom: int, args: Any) -> dict[str
         "limit": limit.to_dict(),
         "truth": truth,
         "ours": ours,
+        "notebook": notebook,
         "trained_first": trained_first,
         "verification": verification,
         "peers": peer_runs,
@@ -427,13 +443,13 @@ def _bench_under(model: str, limit: Limit, headroom: int, args: Any) -> dict[str
     }
 
 
-def _probe_run(launcher: Launcher, label: str, **extra: Any) -> dict[str, Any]:
+def _probe_run(launcher: Launcher, label: str, *, job: str = "probe", **extra: Any) -> dict[str, Any]:
     """Our probe in a fresh process, then real training at its answer in that same process.
 
     Returns the probe's report with ``killed`` (the probe itself was killed), ``answer`` and
     ``fit_after`` (``{"fits": False, "killed": True}`` when the training was killed).
     """
-    run = launcher.run("probe", **extra)
+    run = launcher.run(job, **extra)
     if run.get("killed"):
         reported = run.get("reported")
         if reported is None:
@@ -544,7 +560,9 @@ def summary_table(entries: list[dict[str, Any]]) -> str:
     headers = ["model", "limit (MiB)", "true max", "ours", "found / true", "over",
                "verified", "our trials + verifications", "binsearch trials",
                "trials: ours / binsearch", "probe killed", "fresh fit at ours",
-               "same-process fit", "left behind (MiB)", "model unchanged"]
+               "same-process fit", "notebook: answer", "notebook: found / true",
+               "notebook: probe killed", "notebook: same-process fit", "left behind (MiB)",
+               "model unchanged"]
     rows = []
     for entry in entries:
         table_rows = {r["strategy"]: r for r in rows_for(entry)}
@@ -552,10 +570,15 @@ def summary_table(entries: list[dict[str, Any]]) -> str:
         run = entry["ours"]
         result = run.get("result") or {}
         count = _our_runs(result)
-        preserved = run.get("preserved", {})
+        notebook = entry.get("notebook") or {}
+        notebook_result = notebook.get("result") or {}
+        preserved = notebook.get("preserved", {})
+        true_max = entry["truth"]["true_max"]
         left = None
-        if result.get("memory_after_bytes") is not None:
-            left = (result["memory_after_bytes"] - result["memory_before_bytes"]) / 2**20
+        if notebook_result.get("memory_after_bytes") is not None:
+            left = (
+                notebook_result["memory_after_bytes"] - notebook_result["memory_before_bytes"]
+            ) / 2**20
         rows.append(
             [
                 entry["model"],
@@ -571,6 +594,10 @@ def summary_table(entries: list[dict[str, Any]]) -> str:
                 "KILLED" if run.get("killed") else "no",
                 _verdict(entry["verification"]),
                 _verdict(run.get("fit_after")),
+                notebook.get("answer", "-"),
+                notebook.get("answer", 0) / true_max if true_max and notebook else None,
+                "KILLED" if notebook.get("killed") else "no",
+                _verdict(notebook.get("fit_after")),
                 left,
                 "yes" if preserved and all(preserved.values()) else f"NO {preserved}",
             ]

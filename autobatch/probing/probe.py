@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from autobatch import _units
 from autobatch._versions import library_versions  # also imported from here by search.tune
@@ -54,6 +56,7 @@ def probe(
     memory: MemoryBackend | None = None,
     use_cache: bool = True,
     verbose: int = 1,
+    isolate: bool | None = None,
 ) -> ProbeResult:
     """Find the largest batch size that trains ``model`` on ``data`` within the memory limit.
 
@@ -89,6 +92,15 @@ def probe(
         use_cache: Reuse a stored result for the same model, data shapes, settings and
             machine (``result.from_cache`` says so), and store new results.
         verbose: 0 silent, 1 one line per trial.
+        isolate: Run every trial and the verification in a new worker process (see
+            `autobatch.probing.isolated`): a trial that runs out of host RAM kills only its
+            worker, and each peak is what a new process reaches, with nothing left over
+            from earlier trials. Default: True when ``model`` and ``data`` are paths to a
+            ``.keras`` file and an ``.npz`` archive (the command line, pipelines: the
+            calling process then never imports TensorFlow), False for a model object
+            (faster: no process start per trial). With a model object and True, the model
+            and arrays are saved to a temporary folder, and the answer is what fits while
+            this process holds what it holds now. Isolated probes are not cached.
 
     Returns:
         A `ProbeResult`; ``result.max_batch_size`` is the answer.
@@ -96,11 +108,13 @@ def probe(
     Example:
         >>> result = autobatch.probe(model, (x_train, y_train), memory_limit="4GiB")
         >>> model.fit(x_train, y_train, batch_size=result.max_batch_size)
+        >>> # A pipeline step: trials in worker processes, TensorFlow never imported here.
+        >>> autobatch.probe("model.keras", "train.npz").max_batch_size
     """
     started = time.perf_counter()
-    check_model(model)
-    training_data = as_training_data(data)
-    check_data_matches_model(model, training_data)
+    model_is_file = isinstance(model, (str, os.PathLike))
+    if isolate is None:
+        isolate = model_is_file
     if margin is not None and not 0.0 <= margin < 1.0:
         raise InvalidArgumentError(
             f"margin={margin!r} is outside [0, 1). Expected the fraction of free memory to keep "
@@ -117,6 +131,21 @@ def probe(
             "Both memory= and memory_limit= were given. Pass one: memory_limit overrides the "
             "detected limit; memory replaces the whole memory backend (which has its own limit)."
         )
+    if isolate or model_is_file:
+        return _probe_isolated(
+            model,
+            data,
+            memory_limit=memory_limit,
+            margin=margin,
+            max_batch_size=max_batch_size,
+            steps_per_trial=steps_per_trial,
+            memory=memory,
+            isolate=isolate,
+            verbose=verbose,
+        )
+    check_model(model)
+    training_data = as_training_data(data)
+    check_data_matches_model(model, training_data)
     from autobatch.devices import resolve_memory_limit
 
     limit_override = None if memory_limit is None else _units.parse_bytes(
@@ -206,20 +235,108 @@ def probe(
             observation = Observation(outcome.batch_size, outcome.peak_bytes)
             history.append(observation)
             outcomes.append((outcome, proposal.fitted))
-            progress.trial_done(_trial_record(outcome, proposal.fitted, strategy, observation))
+            progress.trial_done(trial_record(outcome, proposal.fitted, strategy, observation))
         # The trials' copy of the data goes before verifying: the verification trains on the
         # caller's own data, which fit copies as the caller's fit will.
         del trial_data
         answer = strategy.answer(history)
         if answer:
-            answer = _verified(
-                model, training_data, answer, memory, strategy, history, verifications, progress
+
+            def verify_at(batch_size: int, stop_above: int | None, tolerance: int) -> VerificationOutcome:
+                return verify(
+                    model,
+                    training_data,
+                    batch_size,
+                    memory,
+                    stop_above_bytes=None if memory.oom_is_catchable else stop_above,
+                    growth_tolerance_bytes=tolerance,
+                )
+
+            # On host RAM, no second verification on top of the first's pool (see
+            # `verified_answer`).
+            answer = verified_answer(
+                verify_at, answer, strategy, history, verifications, progress,
+                retries=memory.oom_is_catchable,
             )
 
     memory.release()
-    memory_after = memory.current_bytes()
+    result = build_result(
+        answer=answer,
+        strategy=strategy,
+        history=history,
+        outcomes=outcomes,
+        verifications=verifications,
+        memory=memory.describe(),
+        backend=_keras_backend(),
+        num_samples=training_data.num_samples,
+        versions=library_versions(),
+        seconds=time.perf_counter() - started,
+        memory_before=memory_before,
+        memory_after=memory.current_bytes(),
+        isolated=False,
+    )
+    cache.store(key, result)
+    progress.done(result)
+    return result
+
+
+def _probe_isolated(
+    model: Any, data: Any, *, memory: MemoryBackend | None, isolate: bool, **options: Any
+) -> ProbeResult:
+    """`probe` with its trials in worker processes (`autobatch.probing.isolated`)."""
+    from autobatch.probing import isolated
+
+    if memory is not None:
+        raise InvalidArgumentError(
+            "memory= was given with an isolated probe (a model file, or isolate=True): "
+            "worker processes detect their own memory. Pass memory_limit= instead, or a "
+            "model object with isolate=False."
+        )
+    if isinstance(model, (str, os.PathLike)):
+        if not isolate:
+            raise InvalidArgumentError(
+                f"model is a path ({model}) with isolate=False. A model file is probed in "
+                "worker processes; load it with keras.saving.load_model(...) to probe it here."
+            )
+        if not isinstance(data, (str, os.PathLike)):
+            raise InvalidArgumentError(
+                f"model is a path ({model}) but data is a {type(data).__name__}. With a model "
+                'file, pass the data as an .npz file too: np.savez("train.npz", x=x, y=y).'
+            )
+        from autobatch.files import check_readable
+
+        check_readable(Path(model), "model", ".keras")
+        check_readable(Path(data), "data", ".npz")
+        return isolated.probe_in_workers(Path(model), Path(data), **options)
+    check_model(model)
+    training_data = as_training_data(data)
+    check_data_matches_model(model, training_data)
+    return isolated.probe_saved_model(model, training_data, **options)
+
+
+def build_result(
+    *,
+    answer: int,
+    strategy: ProbeStrategy,
+    history: list[Observation],
+    outcomes: list[tuple[TrialOutcome, bool]],
+    verifications: list[VerificationOutcome],
+    memory: dict[str, Any],
+    backend: str,
+    num_samples: int | None,
+    versions: dict[str, str],
+    seconds: float,
+    memory_before: int | None,
+    memory_after: int | None,
+    isolated: bool,
+) -> ProbeResult:
+    """The `ProbeResult` of a finished search, or `BatchDoesNotFitError` when nothing fit.
+
+    ``memory`` is the backend's `MemoryBackend.describe` (it may come from a worker process).
+    """
+    limit, baseline = strategy.limit_bytes, strategy.baseline_bytes
     trials = [
-        _trial_record(o, fitted, strategy, Observation(o.batch_size, o.peak_bytes))
+        trial_record(o, fitted, strategy, Observation(o.batch_size, o.peak_bytes))
         for o, fitted in outcomes
     ]
     if answer == 0:
@@ -232,39 +349,37 @@ def probe(
         raise BatchDoesNotFitError(
             f"Batch size {smallest.batch_size} does not fit: {needs}, while the usable memory "
             f"is {_units.format_bytes(strategy.usable_bytes)} (limit "
-            f"{_units.format_bytes(limit)} from {memory.limit_source}, margin "
+            f"{_units.format_bytes(limit)} from {memory['limit_source']}, margin "
             f"{_units.format_bytes(limit - strategy.usable_bytes)} of the "
             f"{_units.format_bytes(limit - baseline)} free). Raise memory_limit, lower the "
             "margin, or shrink the model or its inputs."
         )
     fitted = strategy.memory_model(history)
-    result = ProbeResult(
+    return ProbeResult(
         max_batch_size=answer,
         limit_bytes=limit,
-        limit_source=memory.limit_source,
-        backend=_keras_backend(),
-        device=memory.device,
-        memory_source=memory.peak_source,
+        limit_source=str(memory["limit_source"]),
+        backend=backend,
+        device=str(memory["device"]),
+        memory_source=str(memory["peak_source"]),
         bytes_per_sample=None if fitted is None else fitted.bytes_per_sample,
         fixed_bytes=None if fitted is None else fitted.fixed_bytes,
-        margin=margin,
+        margin=strategy.margin,
         baseline_bytes=baseline,
         usable_bytes=strategy.usable_bytes,
-        num_samples=training_data.num_samples,
+        num_samples=num_samples,
         trials=trials,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         num_oom=sum(o.out_of_memory for o, _ in outcomes)
         + sum(v.out_of_memory for v in verifications),
         stop_reason=strategy.stop_reason,
-        versions=library_versions(),
+        versions=versions,
         verified=bool(verifications) and _fits(verifications[-1], strategy),
         verifications=[_verification_record(v, strategy) for v in verifications],
         memory_before_bytes=memory_before,
         memory_after_bytes=memory_after,
+        isolated=isolated,
     )
-    cache.store(key, result)
-    progress.done(result)
-    return result
 
 
 def verification_bound(strategy: ProbeStrategy) -> int:
@@ -287,24 +402,26 @@ def _fits(verification: VerificationOutcome, strategy: ProbeStrategy) -> bool:
     )
 
 
-def _verified(
-    model: Any,
-    data: Any,
+def verified_answer(
+    verify_at: Callable[[int, int | None, int], VerificationOutcome],
     answer: int,
-    memory: MemoryBackend,
     strategy: ProbeStrategy,
     history: list[Observation],
     verifications: list[VerificationOutcome],
     progress: Any,
+    *,
+    retries: bool,
 ) -> int:
     """Verify ``answer`` with real epochs; back off until one fits or the tries run out.
 
-    Returns the verified batch size, or, when none verified, the smallest one tried, or on
-    host RAM the batch backed off from it (the result's ``verified`` is then False: pass a
-    larger margin). Backing off stops when the excess did not shrink with the batch (it is
-    then not the batch's memory), and on host RAM after the first verification that passed
-    the bound: what it allocated stays pooled in the process, and a second one starting on
-    top of it (fit first copies the arrays) was OOM-killed in a 880 MiB cgroup.
+    ``verify_at(batch_size, stop_above_bytes, growth_tolerance_bytes)`` runs one
+    verification. Returns the verified batch size, or, when none verified, the smallest one
+    tried, or without ``retries`` the batch backed off from it (the result's ``verified`` is
+    then False: pass a larger margin). Backing off stops when the excess did not shrink with
+    the batch (it is then not the batch's memory). In-process on host RAM there are no
+    retries: what the first verification allocated stays pooled in the process, and a
+    second one starting on top of it (fit first copies the arrays) was OOM-killed in a
+    880 MiB cgroup.
     """
     free = strategy.limit_bytes - strategy.baseline_bytes
     tolerance = max(int(GROWTH_TOLERANCE * free), MIN_GROWTH_BYTES)
@@ -312,24 +429,17 @@ def _verified(
     batch_size = answer
     for _ in range(MAX_VERIFICATIONS):
         progress.verification_started(batch_size)
-        outcome = verify(
-            model,
-            data,
-            batch_size,
-            memory,
-            stop_above_bytes=None if memory.oom_is_catchable else verification_bound(strategy),
-            growth_tolerance_bytes=tolerance,
-        )
+        outcome = verify_at(batch_size, verification_bound(strategy), tolerance)
         verifications.append(outcome)
         progress.verification_done(_verification_record(outcome, strategy))
         if _fits(outcome, strategy):
             return batch_size
         if len(verifications) >= 2 and not _lower(verifications[-1], verifications[-2]):
             break
-        smaller = _backed_off(batch_size, outcome, strategy, line, memory.oom_is_catchable)
+        smaller = _backed_off(batch_size, outcome, strategy, line, retries)
         if smaller < 1:
             return 0
-        if not memory.oom_is_catchable:
+        if not retries:
             return smaller
         batch_size = smaller
     return min(v.batch_size for v in verifications)
@@ -388,7 +498,7 @@ def _relative_key(memory_limit: Any) -> str | None:
     return "+" + str(_units.parse_bytes(memory_limit.strip()[1:].strip()))
 
 
-def _trial_record(
+def trial_record(
     outcome: TrialOutcome, fitted: bool, strategy: ProbeStrategy, observation: Observation
 ) -> ProbeTrial:
     error = None

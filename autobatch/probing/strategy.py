@@ -100,6 +100,7 @@ class ProbeStrategy:
     ) -> None:
         self.limit_bytes = limit_bytes
         self.baseline_bytes = baseline_bytes
+        self.margin = margin
         self.usable_bytes = min(
             int(baseline_bytes + (limit_bytes - baseline_bytes) * (1.0 - margin)),
             limit_bytes - min_margin_bytes,
