@@ -307,6 +307,10 @@ def probe_table(result: ProbeResult) -> Any:
             "verify: real epochs with a validation pass at the same batch, until the peak "
             "stops growing."
         )
+    if result.isolated:
+        table.caption = (table.caption or "") + (
+            " Each trial ran in a new worker process (a killed one counts as out of memory)."
+        )
     elif _chosen_trial(result) is None and result.trials:
         # The answer lies between two trials: show where the fitted line puts it.
         predicted = None

@@ -713,21 +713,25 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     meta = _common.run_metadata("quick" if args.quick else "full")
-    entries = [bench_model(model, args) for model in models]
     stem = _common.result_stem("probe_bench", args.quick)
-    payload = {
-        "benchmark": "probe_bench",
-        "meta": meta,
-        "settings": {
-            "models": models, "precision": args.precision, "truth_epochs": args.truth_epochs,
-            "truth_runs": args.truth_runs, "trial_steps": args.trial_steps,
-            "verify_epochs": args.verify_epochs, "peers": args.peers,
-            "limit": args.limit,
-        },
-        "models": entries,
-        "seconds": time.perf_counter() - started,
-    }
-    path = _common.write_json(args.results_dir, stem, payload)
+    entries: list[dict[str, Any]] = []
+    for model in models:
+        entries.append(bench_model(model, args))
+        payload = {
+            "benchmark": "probe_bench",
+            "meta": meta,
+            "settings": {
+                "models": models, "precision": args.precision, "truth_epochs": args.truth_epochs,
+                "truth_runs": args.truth_runs, "trial_steps": args.trial_steps,
+                "verify_epochs": args.verify_epochs, "peers": args.peers,
+                "limit": args.limit,
+            },
+            "models": entries,
+            "complete": len(entries) == len(models),
+            "seconds": time.perf_counter() - started,
+        }
+        # Written after every model: a run stopped early keeps the models it finished.
+        path = _common.write_json(args.results_dir, stem, payload)
     print(f"## Probe benchmark ({meta['mode']}): {meta['device']['cpu']}, {entries[0]['limit']['kind']}\n")
     print(summary_table(entries))
     if any(entry.get("trained_first") for entry in entries):

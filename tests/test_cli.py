@@ -48,7 +48,13 @@ def isolated(tmp_path, monkeypatch):
 
 
 def run(*argv):
-    return cli.main([str(a) for a in argv])
+    """The command line in this process. Probes run in-process here, so that the fake memory
+    applies: the default, a worker process per trial, is tested end to end by
+    test_python_dash_m_probes_in_worker_processes_without_tensorflow_noise."""
+    argv = [str(a) for a in argv]
+    if argv[:1] == ["probe"] and "--help" not in argv:
+        argv.append("--in-process")
+    return cli.main(argv)
 
 
 def error_lines(err):
@@ -312,7 +318,7 @@ def test_the_demos_suggested_command_is_one_unbroken_line_in_a_log(capsys, tmp_p
     assert "elapsed" in err  # the progress lines, plain, with the time so far
 
 
-def test_python_dash_m_runs_end_to_end_without_tensorflow_noise(files, tmp_path):
+def test_python_dash_m_probes_in_worker_processes_without_tensorflow_noise(files, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["AUTOBATCH_CACHE_DIR"] = str(tmp_path / "cache")
     completed = subprocess.run(
@@ -324,7 +330,12 @@ def test_python_dash_m_runs_end_to_end_without_tensorflow_noise(files, tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert "Probe: CPU (host RAM)" in completed.stdout
     assert "absl::InitializeLog" not in completed.stderr and "oneDNN" not in completed.stderr
-    assert load_result(tmp_path / "p.json").max_batch_size == 16
+    result = load_result(tmp_path / "p.json")
+    assert result.max_batch_size == 16 and result.verified
+    # Every trial and the verification ran in a worker process of its own, each measured.
+    assert result.isolated and "new worker process" in " ".join(completed.stdout.split())
+    assert all(t.peak_bytes and t.peak_bytes > result.baseline_bytes * 0.5 for t in result.trials)
+    assert result.left_behind_bytes is not None and result.left_behind_bytes < 64 * 2**20
 
 
 # --- every error is one line naming the option at fault ------------------------------------------

@@ -103,6 +103,7 @@ class Workers:
             job_file.write_text(json.dumps(job))
             done = subprocess.run(
                 [*self.command, str(job_file)],
+                env=_worker_environment(),
                 stdout=subprocess.PIPE,
                 stderr=None if self.debug else subprocess.PIPE,
                 text=True,
@@ -119,6 +120,16 @@ class Workers:
         answer = _parse(done, batch_size)
         self.last = answer
         return answer
+
+
+def _worker_environment() -> dict[str, str]:
+    """This environment, with this copy of autobatch first on the path: the worker must run
+    the same code as its supervisor (a source checkout, whatever the current directory)."""
+    import autobatch
+
+    root = str(Path(autobatch.__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root if not path else root + os.pathsep + path}
 
 
 def _parse(done: subprocess.CompletedProcess, batch_size: int) -> WorkerAnswer:
@@ -229,6 +240,9 @@ def probe_in_workers(
             start_batch_size=1,
             # A killed worker is an observation, not the end: bold steps are affordable.
             oom_is_catchable=True,
+            # Each trial starts a process (5-6 s of TensorFlow import on 2 cores): a 2%
+            # bracket costs a trial less than 1% after a kill, for at most 1% of the answer.
+            tolerance=0.02,
             min_margin_bytes=int(memory["min_margin_bytes"]),
         )
 

@@ -148,7 +148,10 @@ class ProbeStrategy:
         assert low.peak_bytes is not None and high.peak_bytes is not None
         share = (self.usable_bytes - low.peak_bytes) / (high.peak_bytes - low.peak_bytes)
         between = math.floor(low.batch_size + share * (high.batch_size - low.batch_size))
-        return max(low.batch_size, min(between, high.batch_size - 1))
+        # Never past a batch that ran out: memory is not monotone in the batch everywhere (a
+        # CNN's worker at 514 samples was killed where 630 ran), and the ran-out one is known.
+        ran_out = min((o.batch_size for o in history if o.peak_bytes is None), default=math.inf)
+        return int(max(low.batch_size, min(between, high.batch_size - 1, ran_out - 1)))
 
     def memory_model(self, history: list[Observation]) -> MemoryModel | None:
         """The line fitted to the largest measured batches (one point: through the baseline).

@@ -64,6 +64,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "versions": library_versions(),
     }
     batch_size = int(job["batch_size"])
+    outcome: Any
     if job["kind"] == "trial":
         outcome = run_trial(
             model,
