@@ -45,6 +45,11 @@ from autobatch.probing.worker import MARKER
 
 #: Exit status of a process ended by SIGKILL, which is how the OOM killer ends a worker.
 KILLED = -9
+#: The least margin on host RAM with workers. In-process it is 64 MiB (`HostMemory`), for
+#: malloc's jumps within one process; new processes repeat a trial closely (an MLP at 4072
+#: and 4085 samples peaked at 653 and 645 MiB in two workers), and the answer's real epochs
+#: are verified in a new process before it is returned.
+MIN_MARGIN_BYTES = 32 * 2**20
 #: Last characters of a failed worker's stderr quoted in the error.
 STDERR_TAIL = 1500
 
@@ -243,7 +248,7 @@ def probe_in_workers(
             # Each trial starts a process (5-6 s of TensorFlow import on 2 cores): a 2%
             # bracket costs a trial less than 1% after a kill, for at most 1% of the answer.
             tolerance=0.02,
-            min_margin_bytes=int(memory["min_margin_bytes"]),
+            min_margin_bytes=min(int(memory["min_margin_bytes"]), MIN_MARGIN_BYTES),
         )
 
         def observe(outcome: TrialOutcome, fitted: bool) -> None:
