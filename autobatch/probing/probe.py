@@ -12,6 +12,7 @@ from autobatch.data import as_training_data
 from autobatch.data_check import check_data_matches_model
 from autobatch.errors import BatchDoesNotFitError, InvalidArgumentError, InvalidModelError
 from autobatch.memory.base import MemoryBackend
+from autobatch.probing.replicas import ReplicaProbeStrategy, detect_replicas, multiple_below
 from autobatch.probing.state import preserved
 from autobatch.probing.strategy import Observation, ProbeStrategy
 from autobatch.probing.trial import TrialOutcome, run_trial
@@ -101,6 +102,7 @@ def probe(
     check_model(model)
     training_data = as_training_data(data)
     check_data_matches_model(model, training_data)
+    replicas = detect_replicas(model)
     if margin is not None and not 0.0 <= margin < 1.0:
         raise InvalidArgumentError(
             f"margin={margin!r} is outside [0, 1). Expected the fraction of free memory to keep "
@@ -144,6 +146,7 @@ def probe(
             memory_limit=_relative_key(memory_limit) or limit_override,
             max_batch_size=max_batch_size,
             steps_per_trial=steps_per_trial,
+            num_replicas=replicas.num_replicas,
         )
         cached = cache.load(key, memory)
         if cached is not None:
@@ -171,7 +174,8 @@ def probe(
                 "any training step. Raise memory_limit, or free memory (other processes, cached "
                 "data)."
             )
-        strategy = ProbeStrategy(
+        strategy = ReplicaProbeStrategy(
+            replicas.num_replicas,
             limit_bytes=limit,
             baseline_bytes=baseline,
             margin=margin,
@@ -186,10 +190,12 @@ def probe(
         # The first fit of a process pays one-time costs (runtime start-up, kernels, the input
         # pipeline's buffers) and leaves some of them allocated, which would skew the slope
         # between the first two measured trials. One step at batch 1, not measured, pays them.
-        warmup = run_trial(model, trial_data, 1, memory, steps=1, stop_above_bytes=stop_above)
+        # One sample per replica: a replica left without any is an error under distribution.
+        warmup_batch = replicas.num_replicas
+        warmup = run_trial(model, trial_data, warmup_batch, memory, steps=1, stop_above_bytes=stop_above)
         if warmup.out_of_memory:
             raise BatchDoesNotFitError(
-                f"Batch size 1 ran out of memory on {memory.device} (limit "
+                f"Batch size {warmup_batch} ran out of memory on {memory.device} (limit "
                 f"{_units.format_bytes(limit)} from {memory.limit_source}). Nothing smaller "
                 "exists: free memory, raise memory_limit, or shrink the model or its inputs."
             )
@@ -240,6 +246,9 @@ def probe(
     fitted = strategy.memory_model(history)
     result = ProbeResult(
         max_batch_size=answer,
+        per_replica_batch_size=answer // replicas.num_replicas,
+        num_replicas=replicas.num_replicas,
+        replica_devices=list(replicas.devices),
         limit_bytes=limit,
         limit_source=memory.limit_source,
         backend=_keras_backend(),
@@ -292,7 +301,7 @@ def _verified(
     data: Any,
     answer: int,
     memory: MemoryBackend,
-    strategy: ProbeStrategy,
+    strategy: ReplicaProbeStrategy,
     history: list[Observation],
     verifications: list[VerificationOutcome],
     progress: Any,
@@ -327,6 +336,7 @@ def _verified(
         if len(verifications) >= 2 and not _lower(verifications[-1], verifications[-2]):
             break
         smaller = _backed_off(batch_size, outcome, strategy, line, memory.oom_is_catchable)
+        smaller = multiple_below(smaller, strategy.num_replicas)
         if smaller < 1:
             return 0
         if not memory.oom_is_catchable:
