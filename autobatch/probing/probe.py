@@ -189,8 +189,8 @@ def probe(
         stop_above = None if memory.oom_is_catchable else strategy.usable_bytes
         # The first fit of a process pays one-time costs (runtime start-up, kernels, the input
         # pipeline's buffers) and leaves some of them allocated, which would skew the slope
-        # between the first two measured trials. One step at batch 1, not measured, pays them.
-        # One sample per replica: a replica left without any is an error under distribution.
+        # between the first two measured trials. One step at the smallest batch, not measured,
+        # pays them: one sample per replica (a replica left without any fails under distribution).
         warmup_batch = replicas.num_replicas
         warmup = run_trial(model, trial_data, warmup_batch, memory, steps=1, stop_above_bytes=stop_above)
         if warmup.out_of_memory:

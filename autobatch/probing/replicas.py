@@ -43,8 +43,6 @@ class Replicas:
     num_replicas: int
     devices: tuple[str, ...] = ()
     """The replicas' devices, e.g. ``("GPU:0", "GPU:1")``; empty without distribution."""
-    source: str = ""
-    """What distributes the batch, e.g. "MirroredStrategy", "DataParallel"; "" for none."""
 
 
 NO_REPLICAS = Replicas(1)
@@ -71,7 +69,7 @@ def _tensorflow_replicas(model: Any) -> Replicas:
     if strategy is None or count <= 1:
         return NO_REPLICAS
     devices = tuple(_short_device_name(d) for d in strategy.extended.worker_devices)
-    return Replicas(count, devices, type(strategy).__name__)
+    return Replicas(count, devices)
 
 
 def _jax_replicas() -> Replicas:
@@ -85,8 +83,7 @@ def _jax_replicas() -> Replicas:
     count = int(mesh.shape[batch_axis])
     if count <= 1:
         return NO_REPLICAS
-    devices = tuple(str(d) for d in mesh.devices.flatten())
-    return Replicas(count, devices, type(distribution).__name__)
+    return Replicas(count, tuple(str(d) for d in mesh.devices.flatten()))
 
 
 def strategy_scope(model: Any) -> contextlib.AbstractContextManager[Any]:

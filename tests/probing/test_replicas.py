@@ -89,6 +89,16 @@ def test_result_fields_round_trip_and_default_for_older_results():
     assert (older.num_replicas, older.per_replica_batch_size) == (1, 44)
 
 
+def test_the_probe_cache_tells_replica_counts_apart(mlp, regression_data):
+    from autobatch import FakeMemory, cache
+
+    def key(**replicas):
+        return cache.probe_key(mlp, regression_data, FakeMemory(1000), margin=0.0, memory_limit=None,
+                               max_batch_size=None, **replicas)
+
+    assert key(num_replicas=2) != key(num_replicas=1) == key()  # keys stored before still match
+
+
 # Each script prints one JSON line: the probe's fields, the search's batch sizes, and what the
 # Recorder layer saw: (replica, rows) for every training step that ran.
 TENSORFLOW_SCRIPT = """
