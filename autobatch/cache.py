@@ -91,6 +91,7 @@ def probe_key(
     memory_limit: int | str | None,
     max_batch_size: int | None,
     steps_per_trial: int | None = None,
+    num_replicas: int = 1,
 ) -> str | None:
     """The cache key of a probe: a SHA-256 hex digest, or None when the data cannot be keyed.
 
@@ -101,17 +102,20 @@ def probe_key(
     data_part = _data_part(as_training_data(training_data))
     if data_part is None:
         return None
+    settings: dict[str, Any] = {
+        "margin": margin,
+        "memory_limit": None if memory_limit is None else str(memory_limit),
+        "max_batch_size": max_batch_size,
+        "steps_per_trial": steps_per_trial,
+    }
+    if num_replicas > 1:  # only then, so that keys stored without distribution still match
+        settings["num_replicas"] = num_replicas
     parts = {
         "key_format": KEY_FORMAT,
         "model": _model_part(model),
         "data": data_part,
         "machine": _machine_part(memory),
-        "probe": {
-            "margin": margin,
-            "memory_limit": None if memory_limit is None else str(memory_limit),
-            "max_batch_size": max_batch_size,
-            "steps_per_trial": steps_per_trial,
-        },
+        "probe": settings,
     }
     text = json.dumps(parts, sort_keys=True, default=_stable_text)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

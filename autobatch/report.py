@@ -192,7 +192,8 @@ def probe_summary(result: ProbeResult) -> str:
     """One paragraph: the answer, why, and the headroom left."""
     cached = " (from the probe cache)" if result.from_cache else ""
     return (
-        f"Largest batch size that fits: {result.max_batch_size}{cached} on {result.device}, "
+        f"Largest batch size that fits: {result.max_batch_size}{cached}{_replicas(result)} "
+        f"on {result.device}, "
         f"limit {format_bytes(result.limit_bytes)} ({result.limit_source}), "
         f"{result.num_trials} trials, {result.num_oom} out of memory, "
         f"{result.seconds:.1f} s; stopped because {result.stop_reason}.{_answer_headroom(result)}"
@@ -207,6 +208,12 @@ def _isolation_summary(result: ProbeResult) -> str:
         " Each trial ran in a new worker process: the answer is what a new process trains at"
         + (f"; {result.num_oom} killed worker(s) counted as out of memory." if result.num_oom else ".")
     )
+
+
+def _replicas(result: ProbeResult) -> str:
+    if result.num_replicas <= 1:
+        return ""
+    return f" ({result.per_replica_batch_size} per replica x {result.num_replicas} replicas)"
 
 
 def _verification_summary(result: ProbeResult) -> str:

@@ -143,6 +143,20 @@ class ProbeResult(_JsonMixin):
     """Every trial and verification ran in a new worker process (``probe(..., isolate=True)``,
     the default for a model file): peaks are those of a new process, a killed worker counted
     as out of memory, and the calling process kept none of the trials' memory."""
+    num_replicas: int = 1
+    """Data-parallel replicas sharing each batch (a ``tf.distribute`` strategy, or Keras'
+    ``DataParallel`` on JAX); 1 without distribution. ``max_batch_size`` is the global batch,
+    a multiple of it."""
+    per_replica_batch_size: int | None = None
+    """Each replica's share of ``max_batch_size``: ``max_batch_size // num_replicas``. On GPUs
+    it is what the tightest replica device holds; replicas on one host (logical CPU devices)
+    share its RAM, so there it is only a share of what fits in all of it together."""
+    replica_devices: list[str] = field(default_factory=list)
+    """The replicas' devices, e.g. ``["GPU:0", "GPU:1"]``; empty without distribution."""
+
+    def __post_init__(self) -> None:
+        if self.per_replica_batch_size is None:  # results stored before replicas were counted
+            object.__setattr__(self, "per_replica_batch_size", self.max_batch_size // self.num_replicas)
 
     @property
     def num_trials(self) -> int:

@@ -38,7 +38,8 @@ from typing import Any
 from autobatch import errors
 from autobatch._units import format_bytes
 from autobatch.errors import BatchDoesNotFitError, InvalidArgumentError, TrialError
-from autobatch.probing.strategy import Observation, ProbeStrategy
+from autobatch.probing.replicas import ReplicaProbeStrategy
+from autobatch.probing.strategy import Observation
 from autobatch.probing.trial import TrialOutcome
 from autobatch.probing.verify import VerificationOutcome
 from autobatch.probing.worker import MARKER
@@ -237,7 +238,10 @@ def probe_in_workers(
         sample_cap = first.num_samples
         if max_batch_size is not None:
             sample_cap = min(sample_cap or max_batch_size, max_batch_size)
-        strategy = ProbeStrategy(
+        # Workers load the model from its file, without the caller's tf.distribute strategy
+        # or Keras distribution: they train on one device (``num_replicas`` 1).
+        strategy = ReplicaProbeStrategy(
+            1,
             limit_bytes=limit,
             baseline_bytes=baseline,
             margin=memory["default_margin"] if margin is None else margin,

@@ -14,6 +14,12 @@ from autobatch.data import as_training_data
 from autobatch.data_check import check_data_matches_model
 from autobatch.errors import BatchDoesNotFitError, InvalidArgumentError, InvalidModelError
 from autobatch.memory.base import MemoryBackend
+from autobatch.probing.replicas import (
+    ReplicaProbeStrategy,
+    Replicas,
+    detect_replicas,
+    multiple_below,
+)
 from autobatch.probing.state import preserved
 from autobatch.probing.strategy import Observation, ProbeStrategy
 from autobatch.probing.trial import TrialOutcome, run_trial
@@ -146,6 +152,7 @@ def probe(
     check_model(model)
     training_data = as_training_data(data)
     check_data_matches_model(model, training_data)
+    replicas = detect_replicas(model)
     from autobatch.devices import resolve_memory_limit
 
     limit_override = None if memory_limit is None else _units.parse_bytes(
@@ -173,6 +180,7 @@ def probe(
             memory_limit=_relative_key(memory_limit) or limit_override,
             max_batch_size=max_batch_size,
             steps_per_trial=steps_per_trial,
+            num_replicas=replicas.num_replicas,
         )
         cached = cache.load(key, memory)
         if cached is not None:
@@ -200,7 +208,8 @@ def probe(
                 "any training step. Raise memory_limit, or free memory (other processes, cached "
                 "data)."
             )
-        strategy = ProbeStrategy(
+        strategy = ReplicaProbeStrategy(
+            replicas.num_replicas,
             limit_bytes=limit,
             baseline_bytes=baseline,
             margin=margin,
@@ -214,11 +223,13 @@ def probe(
         stop_above = None if memory.oom_is_catchable else strategy.usable_bytes
         # The first fit of a process pays one-time costs (runtime start-up, kernels, the input
         # pipeline's buffers) and leaves some of them allocated, which would skew the slope
-        # between the first two measured trials. One step at batch 1, not measured, pays them.
-        warmup = run_trial(model, trial_data, 1, memory, steps=1, stop_above_bytes=stop_above)
+        # between the first two measured trials. One step at the smallest batch, not measured,
+        # pays them: one sample per replica (a replica left without any fails under distribution).
+        warmup_batch = replicas.num_replicas
+        warmup = run_trial(model, trial_data, warmup_batch, memory, steps=1, stop_above_bytes=stop_above)
         if warmup.out_of_memory:
             raise BatchDoesNotFitError(
-                f"Batch size 1 ran out of memory on {memory.device} (limit "
+                f"Batch size {warmup_batch} ran out of memory on {memory.device} (limit "
                 f"{_units.format_bytes(limit)} from {memory.limit_source}). Nothing smaller "
                 "exists: free memory, raise memory_limit, or shrink the model or its inputs."
             )
@@ -274,6 +285,7 @@ def probe(
         memory_before=memory_before,
         memory_after=memory.current_bytes(),
         isolated=False,
+        replicas=replicas,
     )
     cache.store(key, result)
     progress.done(result)
@@ -329,11 +341,14 @@ def build_result(
     memory_before: int | None,
     memory_after: int | None,
     isolated: bool,
+    replicas: Replicas | None = None,
 ) -> ProbeResult:
     """The `ProbeResult` of a finished search, or `BatchDoesNotFitError` when nothing fit.
 
     ``memory`` is the backend's `MemoryBackend.describe` (it may come from a worker process).
+    ``replicas``: the data-parallel replicas the trials ran on (None: one device).
     """
+    num_replicas = 1 if replicas is None else replicas.num_replicas
     limit, baseline = strategy.limit_bytes, strategy.baseline_bytes
     trials = [
         trial_record(o, fitted, strategy, Observation(o.batch_size, o.peak_bytes))
@@ -357,6 +372,9 @@ def build_result(
     fitted = strategy.memory_model(history)
     return ProbeResult(
         max_batch_size=answer,
+        per_replica_batch_size=answer // num_replicas,
+        num_replicas=num_replicas,
+        replica_devices=[] if replicas is None else list(replicas.devices),
         limit_bytes=limit,
         limit_source=str(memory["limit_source"]),
         backend=backend,
@@ -405,7 +423,7 @@ def _fits(verification: VerificationOutcome, strategy: ProbeStrategy) -> bool:
 def verified_answer(
     verify_at: Callable[[int, int | None, int], VerificationOutcome],
     answer: int,
-    strategy: ProbeStrategy,
+    strategy: ReplicaProbeStrategy,
     history: list[Observation],
     verifications: list[VerificationOutcome],
     progress: Any,
@@ -437,6 +455,7 @@ def verified_answer(
         if len(verifications) >= 2 and not _lower(verifications[-1], verifications[-2]):
             break
         smaller = _backed_off(batch_size, outcome, strategy, line, retries)
+        smaller = multiple_below(smaller, strategy.num_replicas)
         if smaller < 1:
             return 0
         if not retries:

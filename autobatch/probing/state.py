@@ -31,6 +31,7 @@ import numpy as np
 import psutil
 
 from autobatch.errors import AutobatchError
+from autobatch.probing.replicas import strategy_scope
 
 # The folder's name carries the owner's process id, so that one left by a killed process
 # (SIGKILL runs no cleanup) can be told from one in use and removed by the next probe.
@@ -158,7 +159,8 @@ def _preserved(model: Any, folder: Path | None) -> Iterator[None]:
     if optimizer_was_built:
         saved_optimizer = _SavedValues(list(optimizer.variables), folder, "optimizer")
     else:
-        model.optimizer = fresh_optimizer(optimizer)
+        with strategy_scope(model):
+            model.optimizer = fresh_optimizer(optimizer)
     try:
         yield
     finally:

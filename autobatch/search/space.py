@@ -294,16 +294,26 @@ def build_space(
     endless: bool,
     batch_sizes: Sequence[int] | None,
     steps_per_epoch: Sequence[int | float] | None,
+    num_replicas: int = 1,
 ) -> SearchSpace:
     """Check the user's lists (or make the defaults) and return the space; never above the probe.
 
     ``steps_per_epoch`` holding any float means fractions of a pass in (0, 1]; all ints mean
-    step counts.
+    step counts. Under data parallelism every batch size is a global batch, a multiple of
+    ``num_replicas`` (the defaults are rounded down to one).
     """
     if batch_sizes is None:
-        sizes = default_batch_sizes(max_batch_size, num_samples)
+        top = max(num_replicas, max_batch_size - max_batch_size % num_replicas)
+        sizes = sorted({max(num_replicas, b - b % num_replicas) for b in default_batch_sizes(top, num_samples)})
     else:
         given = _positive_ints(batch_sizes, "batch_sizes")
+        uneven = [size for size in given if size % num_replicas]
+        if uneven:
+            raise InvalidArgumentError(
+                f"batch_sizes={list(batch_sizes)!r} holds {uneven}, not multiples of the "
+                f"{num_replicas} replicas the model trains on: each global batch is split "
+                f"evenly over them. Pass multiples of {num_replicas}, or leave batch_sizes=None."
+            )
         sizes = sorted({size for size in given if size <= max_batch_size})
         if not sizes:
             raise InvalidArgumentError(

@@ -332,6 +332,7 @@ def _plan(
         endless=train.endless,
         batch_sizes=batch_sizes,
         steps_per_epoch=steps_per_epoch,
+        num_replicas=probe.num_replicas,
     )
     if tuner == "halving" and user_hypermodel is not None:
         # Halving trains every candidate first: a HyperModel's own space may be endless.
