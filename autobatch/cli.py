@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.util
 import logging
 import math
@@ -151,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--no-cache", action="store_true",
                        help="probe again even if a cached result for this model and machine "
                        "exists (--in-process probes are cached)")
+    probe.add_argument("--import", dest="worker_imports", action="append", default=[],
+                       metavar="MODULE",
+                       help="import MODULE before loading the model (repeatable): the module "
+                       "that registers the model's custom layers")
     probe.add_argument("--in-process", action="store_true",
                        help="run the trials in this process rather than one new worker process "
                        "each: faster (no framework start per trial), but on host RAM a trial "
@@ -444,6 +449,8 @@ def _run_probe(args: argparse.Namespace) -> int:
         options["max_batch_size"] = args.max_batch_size
     if args.in_process:
         _start_framework(args.debug)
+        for module in args.worker_imports:
+            importlib.import_module(module)
         model, data = load_model(args.model), load_npz(args.data)
         if args.no_cache:
             options["use_cache"] = False
@@ -451,6 +458,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         # Given the files, the probe runs each trial in a worker process of its own and this
         # process never imports the framework: it keeps nothing of the memory being measured.
         model, data = args.model, args.data
+        options["worker_imports"] = args.worker_imports
     with _in_option_terms(args):
         result = autobatch.probe(model, data, **options)
     _write_outputs(result, args)

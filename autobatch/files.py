@@ -87,7 +87,8 @@ def load_model(path: Path) -> Any:
             f"MODEL {path}: cannot load a Keras model from it ({type(error).__name__}: "
             f"{' '.join(str(error).split())[:300]}). Expected a file written by "
             "model.save('model.keras'); custom layers must be importable and registered with "
-            "@keras.saving.register_keras_serializable()."
+            "@keras.saving.register_keras_serializable() (in a probe's worker processes: name "
+            "their module with worker_imports=[...] or --import)."
         ) from error
     if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
         raise InvalidModelError(

@@ -270,7 +270,8 @@ def job_probe_files(spec: dict[str, Any]) -> dict[str, Any]:
 
     started = time.perf_counter()
     result = autobatch.probe(
-        spec["model_path"], spec["data_path"], memory_limit=spec.get("explicit_limit"), verbose=1
+        spec["model_path"], spec["data_path"], memory_limit=spec.get("explicit_limit"), verbose=1,
+        worker_imports=["benchmarks._zoo_layers"],  # the batch attention model's layer
     )
     payload = {
         "result": result.to_dict(),

@@ -167,11 +167,7 @@ def batch_attention(num_samples: int, seed: int) -> tuple[Any, tuple[Any, Any]]:
     x = rng.random((num_samples, 64), dtype=np.float32)
     y = _labels(rng, num_samples, 10)
 
-    class InBatchAttention(keras.layers.Layer):
-        def call(self, hidden: Any) -> Any:
-            ops = keras.ops
-            scores = ops.matmul(hidden, ops.transpose(hidden)) / float(hidden.shape[-1]) ** 0.5
-            return hidden + ops.matmul(ops.softmax(scores, axis=-1), hidden)
+    from benchmarks._zoo_layers import InBatchAttention
 
     model = keras.Sequential(
         [

@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from autobatch import errors
 from autobatch._units import format_bytes
@@ -82,12 +82,14 @@ class Workers:
         data_path: Path,
         *,
         memory_limit: int | str | None,
+        imports: Sequence[str] = (),
         debug: bool = False,
         command: list[str] | None = None,
     ) -> None:
         self.model_path = model_path
         self.data_path = data_path
         self.memory_limit = memory_limit
+        self.imports = list(imports)
         self.debug = debug
         # Tests swap in a worker that fakes its memory; see tests/probing/test_isolated.py.
         self.command = command or [sys.executable, "-m", "autobatch.probing.worker"]
@@ -101,6 +103,7 @@ class Workers:
             "model": str(self.model_path),
             "data": str(self.data_path),
             "memory_limit": self.memory_limit,
+            "imports": self.imports,
             "debug": self.debug,
             **options,
         }
@@ -206,6 +209,7 @@ def probe_in_workers(
     max_batch_size: int | None,
     steps_per_trial: int,
     verbose: int,
+    worker_imports: Sequence[str] = (),
     command: list[str] | None = None,
 ) -> Any:
     """`autobatch.probe` with each trial and verification in a new process (see the module)."""
@@ -217,7 +221,9 @@ def probe_in_workers(
     own_memory = HostMemory()
     own_memory.release()
     memory_before = own_memory.current_bytes()
-    workers = Workers(model_path, data_path, memory_limit=memory_limit, command=command)
+    workers = Workers(
+        model_path, data_path, memory_limit=memory_limit, imports=worker_imports, command=command
+    )
     progress = report.probe_progress(verbose)
     history: list[Observation] = []
     outcomes: list[tuple[TrialOutcome, bool]] = []

@@ -6,7 +6,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from autobatch import _units
 from autobatch._versions import library_versions  # also imported from here by search.tune
@@ -63,6 +63,7 @@ def probe(
     use_cache: bool = True,
     verbose: int = 1,
     isolate: bool | None = None,
+    worker_imports: Sequence[str] = (),
 ) -> ProbeResult:
     """Find the largest batch size that trains ``model`` on ``data`` within the memory limit.
 
@@ -107,6 +108,9 @@ def probe(
             (faster: no process start per trial). With a model object and True, the model
             and arrays are saved to a temporary folder, and the answer is what fits while
             this process holds what it holds now. Isolated probes are not cached.
+        worker_imports: Modules each worker imports before loading the model: those that
+            register its custom layers (``@keras.saving.register_keras_serializable()``),
+            e.g. ``["my_project.layers"]``.
 
     Returns:
         A `ProbeResult`; ``result.max_batch_size`` is the answer.
@@ -148,6 +152,7 @@ def probe(
             memory=memory,
             isolate=isolate,
             verbose=verbose,
+            worker_imports=worker_imports,
         )
     check_model(model)
     training_data = as_training_data(data)

@@ -51,6 +51,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from autobatch.probing.trial import run_trial
     from autobatch.probing.verify import verify
 
+    for module in job.get("imports", []):
+        _import_for_custom_objects(module)
     model = load_model(Path(job["model"]))
     data = as_training_data(load_npz(Path(job["data"])))
     check_data_matches_model(model, data)
@@ -85,6 +87,22 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         )
     answer["outcome"] = dataclasses.asdict(outcome)
     return answer
+
+
+def _import_for_custom_objects(module: str) -> None:
+    import importlib
+
+    from autobatch.errors import InvalidArgumentError
+
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # noqa: BLE001 - any failure to import is the user's to fix
+        raise InvalidArgumentError(
+            f"worker_imports names {module!r}, which a probe worker cannot import "
+            f"({type(error).__name__}: {error}). Expected an importable module that registers "
+            "the model's custom layers (@keras.saving.register_keras_serializable()); check "
+            "that it is on PYTHONPATH."
+        ) from error
 
 
 def _keras_backend() -> str:
