@@ -1,0 +1,252 @@
+"""Distributed search on Keras Tuner's chief/worker engine: leases, the handshake, workers
+that do not hang, and real chief and worker processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import keras_tuner
+import pytest
+
+from autobatch.errors import InvalidArgumentError
+from autobatch.search import distributed
+from autobatch.search.tuner import make_oracle
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and processes")
+
+
+@pytest.fixture
+def chief_variables(monkeypatch):
+    """Keras Tuner's variables for a chief on a free loopback port; the port."""
+    port = distributed.free_port()
+    for name, value in distributed.role_environment("chief", port).items():
+        monkeypatch.setenv(name, value)
+    return port
+
+
+def test_the_role_comes_from_keras_tuners_variables(monkeypatch):
+    for name in (distributed.ORACLE_IP, distributed.ORACLE_PORT, distributed.TUNER_ID):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.role() == "local"
+    monkeypatch.setenv(distributed.ORACLE_IP, "127.0.0.1")
+    with pytest.raises(InvalidArgumentError, match="KERASTUNER_ORACLE_PORT and KERASTUNER_TUNER_ID are not"):
+        distributed.role()
+    monkeypatch.setenv(distributed.ORACLE_PORT, "8000")
+    monkeypatch.setenv(distributed.TUNER_ID, "worker-3")
+    assert distributed.role() == "worker"
+    monkeypatch.setenv(distributed.TUNER_ID, "chief")
+    assert distributed.role() == "chief"
+    assert distributed.bind_address() == "127.0.0.1"
+
+
+# --- one chief in this process, workers as gRPC clients: no training ----------------------
+
+
+class Chief:
+    """A real gRPC chief over a real successive-halving oracle of 3 candidates."""
+
+    def __init__(self, directory: Path, port: int, lease_seconds: float) -> None:
+        self.oracle = make_oracle("halving", max_trials=None, seed=1, hyperband_epochs=1,
+                                  candidates=[{"batch_size": b} for b in (8, 16, 32)])
+        self.oracle._set_project_dir(str(directory), "project")
+        space = keras_tuner.HyperParameters()
+        space.Choice("batch_size", [8, 16, 32])
+        self.oracle.update_space(space)
+        self.project_dir = str(directory / "project")
+        os.makedirs(self.project_dir, exist_ok=True)
+        distributed._write_marker(self.project_dir, {"project": "project", "token": "t0"})
+        self.servicer = distributed.ChiefServicer(
+            self.oracle, project="project", token="t0", lease_seconds=lease_seconds)
+        from concurrent import futures
+
+        from keras_tuner.src import protos
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        protos.get_service_grpc().add_OracleServicer_to_server(self.servicer, self.server)
+        assert self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.server.start()
+
+    def client(self, timeout: float = 5.0) -> distributed.WorkerClient:
+        return distributed.WorkerClient(self.oracle, project_dir=self.project_dir,
+                                        timeout=timeout, connect_timeout=5.0)
+
+
+@pytest.fixture
+def chief(tmp_path, chief_variables):
+    chief = Chief(tmp_path, chief_variables, lease_seconds=0.5)
+    yield chief
+    chief.server.stop(grace=None)
+
+
+def finish(client, trial, val_loss: float) -> None:
+    client.update_trial(trial.trial_id, {"val_loss": val_loss})
+    trial.status = "COMPLETED"
+    client.end_trial(trial)
+
+
+def test_a_silent_workers_trial_goes_to_the_next_worker_and_the_search_ends(chief):
+    silent = chief.client()
+    taken = silent.create_trial("worker-a")
+    silent.close()  # no heartbeat: as if the process were killed mid-trial
+    time.sleep(0.7)
+    assert chief.servicer.expire_silent_workers() == [("worker-a", taken.trial_id)]
+
+    other = chief.client()
+    retried = other.create_trial("worker-b")
+    assert (retried.trial_id, retried.status) == (taken.trial_id, "RUNNING")
+    finish(other, retried, 0.5)
+    for val_loss in (0.3, 0.4):
+        finish(other, other.create_trial("worker-b"), val_loss)
+    assert other.create_trial("worker-b").status == "STOPPED"
+    assert chief.servicer.finished()
+    scores = {t.trial_id: t.score for t in chief.oracle.trials.values()}
+    assert sorted(scores.values()) == [0.3, 0.4, 0.5]  # nothing finished is lost
+    # The worker reads the finished trials from the shared directory, in the chief's order.
+    assert other.start_order == sorted(scores)
+    other.close()
+
+
+def test_a_worker_that_beats_keeps_its_trial_and_an_idle_worker_pauses(chief):
+    beating = chief.client(timeout=0.3)  # a heartbeat every 0.05 s
+    kept = beating.create_trial("worker-a")
+    silent = chief.client()
+    lost = [silent.create_trial("worker-b"), silent.create_trial("worker-c")]
+    # Every candidate of the round is taken: halving waits for them, and says so.
+    started = time.monotonic()
+    assert silent.create_trial("worker-d").status == "IDLE"
+    assert time.monotonic() - started >= distributed.IDLE_WAIT_SECONDS
+    silent.close()
+    time.sleep(0.8)
+    expired = chief.servicer.expire_silent_workers()
+    assert sorted(expired) == [("worker-b", lost[0].trial_id), ("worker-c", lost[1].trial_id)]
+    assert chief.oracle.tuner_ids == {"worker-a"}
+    assert chief.oracle.ongoing_trials["worker-a"].trial_id == kept.trial_id
+    beating.close()
+
+
+def test_a_worker_checks_it_runs_the_chiefs_search_in_the_chiefs_directory(chief, tmp_path):
+    client = chief.client()
+    client.check_same_search("project")
+    with pytest.raises(distributed.DistributedSearchError,
+                       match="runs the search 'project', this worker the search 'other'"):
+        client.check_same_search("other")
+    distributed._write_marker(chief.project_dir, {"project": "project", "token": "old"})
+    with pytest.raises(distributed.DistributedSearchError, match="a stale marker of an earlier chief"):
+        client.check_same_search("project")
+    os.remove(os.path.join(chief.project_dir, distributed.MARKER_FILE))
+    with pytest.raises(distributed.DistributedSearchError, match="no marker of the chief.*shared file system"):
+        client.check_same_search("project")
+    client.close()
+
+
+def test_a_worker_does_not_wait_for_a_chief_that_is_gone(tmp_path, chief_variables, monkeypatch):
+    monkeypatch.setenv(distributed.TUNER_ID, "worker-0")
+    oracle = make_oracle("grid", max_trials=None, seed=1, hyperband_epochs=1)
+    client = distributed.WorkerClient(oracle, project_dir=str(tmp_path), timeout=0.3,
+                                      connect_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(distributed.DistributedSearchError, match="did not answer CreateTrial within 0.3 s"):
+        client.create_trial("worker-0")
+    assert time.monotonic() - started < 5
+    client.close()
+
+
+# --- real processes: a chief and workers, each running autobatch.tune ----------------------
+
+CHILD = """
+import json, os, sys, time
+import keras
+import autobatch
+from tests.search.test_tune import make_model, regression_data
+
+directory, out, stall = sys.argv[1], sys.argv[2], sys.argv[3] == "stall"
+
+class Stall(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        if stall:
+            open(out + ".stalled", "w").close()
+            for _ in range(3000):  # killed, or stopped, here: mid-candidate
+                time.sleep(0.1)
+
+# Given, not probed: every process searches the same space, and starts faster.
+trial = autobatch.ProbeTrial(batch_size=32, peak_bytes=1000, seconds_per_step=0.01,
+                             samples_per_second=3200.0, fits=True, fitted=True, steps=3)
+probe = autobatch.ProbeResult(
+    max_batch_size=32, limit_bytes=2**40, limit_source="fake limit", backend="tensorflow",
+    device="fake device", memory_source="modelled peak", bytes_per_sample=10.0,
+    fixed_bytes=100.0, margin=0.0, baseline_bytes=0, usable_bytes=2**40, num_samples=256,
+    trials=[trial], stop_reason="test")
+result = autobatch.tune(make_model(), regression_data(), tuner="halving", probe=probe,
+                        batch_sizes=[8, 16, 32], steps_per_epoch=[1.0], budget_samples=256,
+                        memory=autobatch.FakeMemory(2**40), directory=directory, verbose=0,
+                        callbacks=[Stall()])
+with open(out, "w") as file:
+    json.dump({"trials": [[t.batch_size, t.trial_id, t.val_loss] for t in result.trials],
+               "batch_size": result.batch_size}, file)
+"""
+
+
+def start(tmp_path: Path, port: int, tuner_id: str, *, stall: bool = False,
+          timeout: float = 4.0) -> subprocess.Popen:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
+           **distributed.role_environment(tuner_id, port, threads=1, timeout=timeout)}
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "search"), str(tmp_path / f"{tuner_id}.json"),
+         "stall" if stall else "run"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(path: Path, processes: list[subprocess.Popen], limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        for process in processes:
+            assert process.poll() is None, process.communicate()[1].decode()[-2000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def test_a_worker_killed_mid_trial_loses_nothing_and_the_search_ends(tmp_path):
+    port = distributed.free_port()
+    chief = start(tmp_path, port, "chief")
+    doomed = start(tmp_path, port, "worker-doomed", stall=True)
+    wait_for(tmp_path / "worker-doomed.json.stalled", [chief, doomed])
+    survivor = start(tmp_path, port, "worker-0")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+
+    for process in (survivor, chief):
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+    result = json.loads((tmp_path / "chief.json").read_text())
+    # Every candidate trained, the killed one's trial included (by the survivor).
+    assert sorted(batch for batch, _, _ in result["trials"]) == [8, 16, 32]
+    assert all(val_loss is not None for _, _, val_loss in result["trials"])
+    oracle = json.loads((tmp_path / "search" / os.listdir(tmp_path / "search")[0]
+                         / "oracle.json").read_text())
+    assert oracle["ongoing_trials"] == {}
+
+
+def test_workers_stop_when_the_chief_is_gone(tmp_path):
+    port = distributed.free_port()
+    chief = start(tmp_path, port, "chief")
+    worker = start(tmp_path, port, "worker-0", stall=True, timeout=2.0)
+    wait_for(tmp_path / "worker-0.json.stalled", [chief, worker])
+    chief.send_signal(signal.SIGKILL)
+    chief.wait()
+    killed_at = time.monotonic()
+    _, stderr = worker.communicate(timeout=60)
+    # A heartbeat found no chief within 2 s and stopped the trial: no hour-long wait (#645).
+    assert time.monotonic() - killed_at < 30
+    assert worker.returncode != 0
+    assert "did not answer GetTrial within 2 s" in stderr.decode()
