@@ -496,7 +496,7 @@ def role_environment(tuner_id: str, port: int, *, address: str = "127.0.0.1",
 def launch(
     chief_command: Sequence[str], worker_command: Sequence[str], *, num_workers: int,
     threads: int | None = None, chief_threads: int | None = 1, timeout: float | None = None,
-    env: dict[str, str] | None = None, worker_output: Any = subprocess.DEVNULL,
+    env: dict[str, str] | None = None, worker_output: Any = None,
 ) -> list[ProcessOutcome]:
     """Run a chief and ``num_workers`` workers on 127.0.0.1 until the search ends.
 
@@ -563,16 +563,14 @@ def _stop_stragglers(processes: dict, outcomes: dict, grace_until: float | None)
 
 
 def limit_threads(threads: int) -> None:
-    """Limit this process's TensorFlow and OpenMP threads (call before TensorFlow runs)."""
+    """Limit this process's TensorFlow and OpenMP threads: the variables before TensorFlow
+    starts, its own setting too when it is loaded but has not run yet."""
+    import sys
+
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
-    import keras
-
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        with contextlib.suppress(RuntimeError):  # already initialised: the variables rule
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        with contextlib.suppress(RuntimeError):  # already running: the variables rule
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
-
-
