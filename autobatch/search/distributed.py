@@ -300,6 +300,66 @@ def _write_marker(project_dir: str, content: dict[str, str]) -> None:
 
 # --- a worker -----------------------------------------------------------------------------
 
+#: Shared runs this worker is training (see `claim_run`): its heartbeat keeps them fresh.
+_claims: set[str] = set()
+_claims_lock = threading.Lock()
+
+
+def claim_run(directory: str, name: str, load: Callable[[], Any]) -> Any:
+    """The shared run ``name`` once another worker has trained it, or None once this worker
+    has claimed it (then it trains the run and `release_run` ends the claim).
+
+    Candidates that differ only in steps_per_epoch share one training run, and successive
+    halving hands them out one after the other: two workers would train the same run at
+    once. A claim is a file created exclusively; the claimer's heartbeat touches it, and a
+    claim untouched for the timeout is a dead worker's, taken over. Alone, no claims.
+    """
+    if role() != "worker":
+        return None
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}.claim")
+    timeout = timeout_seconds()
+    seen: tuple[float, float] | None = None  # (the claim's mtime, when we saw it change)
+    while True:
+        run = load()
+        if run is not None:
+            return run
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):
+                mtime = os.stat(path).st_mtime
+                now = time.monotonic()
+                if seen is None or seen[0] != mtime:
+                    seen = (mtime, now)  # local time only: machines' clocks may differ
+                elif now - seen[1] > timeout:
+                    os.remove(path)  # its worker stopped beating: take the run over
+                    seen = None
+            time.sleep(IDLE_WAIT_SECONDS)
+            continue
+        with _claims_lock:
+            _claims.add(path)
+        return None
+
+
+def release_run(directory: str, name: str) -> None:
+    """End this worker's claim on the shared run ``name`` (saved, or abandoned)."""
+    path = os.path.join(directory, f"{name}.claim")
+    with _claims_lock:
+        if path not in _claims:
+            return
+        _claims.discard(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _touch_claims() -> None:
+    with _claims_lock:
+        paths = list(_claims)
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
+
 
 def work(search: Any, *, seed: int | None) -> None:
     """Train candidates for the chief until it says stop; raise `DistributedSearchError`
@@ -404,6 +464,7 @@ class WorkerClient:
             trial_id = self._training
             if trial_id is None:
                 continue
+            _touch_claims()
             try:
                 self.stub.GetTrial(protos.get_service().GetTrialRequest(trial_id=trial_id))
             except DistributedSearchError as error:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import keras_tuner
+import numpy as np
 import pytest
 
 from autobatch.errors import InvalidArgumentError
@@ -159,50 +160,102 @@ def test_a_worker_does_not_wait_for_a_chief_that_is_gone(tmp_path, chief_variabl
     client.close()
 
 
-# --- real processes: a chief and workers, each running autobatch.tune ----------------------
+def test_two_workers_do_not_train_the_same_shared_run(tmp_path, chief_variables, monkeypatch):
+    import threading
 
-CHILD = """
+    monkeypatch.setenv(distributed.TUNER_ID, "worker-0")
+    monkeypatch.setenv(distributed.TIMEOUT_VARIABLE, "0.5")
+    run_file = tmp_path / "run.json"
+
+    def load():
+        return json.loads(run_file.read_text()) if run_file.exists() else None
+
+    assert distributed.claim_run(str(tmp_path), "run", load) is None  # ours to train
+    waited = {}
+    other = threading.Thread(target=lambda: waited.update(
+        run=distributed.claim_run(str(tmp_path), "run", load)))
+    other.start()
+    time.sleep(0.3)
+    assert other.is_alive()  # waits for the run instead of training it again
+    run_file.write_text('{"outcomes": {}}')
+    distributed.release_run(str(tmp_path), "run")
+    other.join(5)
+    assert waited == {"run": {"outcomes": {}}}
+
+    # A claim nobody refreshes is a dead worker's: taken over after the timeout.
+    (tmp_path / "stale.claim").touch()
+    started = time.monotonic()
+    assert distributed.claim_run(str(tmp_path), "stale", lambda: None) is None
+    assert 0.5 < time.monotonic() - started < 5
+    distributed.release_run(str(tmp_path), "stale")
+    assert not (tmp_path / "stale.claim").exists()
+
+
+# --- real processes: a chief (`autobatch tune --chief`) and workers (`autobatch.tune`) -------
+
+WORKER = """
 import json, os, sys, time
-import keras
+import keras, numpy as np
 import autobatch
-from tests.search.test_tune import make_model, regression_data
 
-directory, out, stall = sys.argv[1], sys.argv[2], sys.argv[3] == "stall"
+files, stall = sys.argv[1], sys.argv[2] == "stall"
 
 class Stall(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if stall:
-            open(out + ".stalled", "w").close()
+            open(files + "/stalled", "w").close()
             for _ in range(3000):  # killed, or stopped, here: mid-candidate
                 time.sleep(0.1)
 
-# Given, not probed: every process searches the same space, and starts faster.
-trial = autobatch.ProbeTrial(batch_size=32, peak_bytes=1000, seconds_per_step=0.01,
-                             samples_per_second=3200.0, fits=True, fitted=True, steps=3)
-probe = autobatch.ProbeResult(
-    max_batch_size=32, limit_bytes=2**40, limit_source="fake limit", backend="tensorflow",
-    device="fake device", memory_source="modelled peak", bytes_per_sample=10.0,
-    fixed_bytes=100.0, margin=0.0, baseline_bytes=0, usable_bytes=2**40, num_samples=256,
-    trials=[trial], stop_reason="test")
-result = autobatch.tune(make_model(), regression_data(), tuner="halving", probe=probe,
-                        batch_sizes=[8, 16, 32], steps_per_epoch=[1.0], budget_samples=256,
-                        memory=autobatch.FakeMemory(2**40), directory=directory, verbose=0,
-                        callbacks=[Stall()])
-with open(out, "w") as file:
-    json.dump({"trials": [[t.batch_size, t.trial_id, t.val_loss] for t in result.trials],
-               "batch_size": result.batch_size}, file)
+arrays = np.load(files + "/train.npz")
+model = keras.models.load_model(files + "/model.keras")
+while sys.argv[2] == "after-stall" and not os.path.exists(files + "/stalled"):
+    time.sleep(0.1)  # started with the others, it asks for a trial once one is stalled
+autobatch.tune(model, (arrays["x"], arrays["y"]),
+               probe=autobatch.ProbeResult.from_json(files + "/probe.json"), **SEARCH,
+               directory=files + "/search", verbose=0, callbacks=[Stall()])
 """
+SEARCH = {"tuner": "halving", "batch_sizes": [8, 16, 32], "steps_per_epoch": [1.0],
+          "budget_samples": 256}
 
 
-def start(tmp_path: Path, port: int, tuner_id: str, *, stall: bool = False,
-          timeout: float = 4.0) -> subprocess.Popen:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
-           **distributed.role_environment(tuner_id, port, threads=1, timeout=timeout)}
+@pytest.fixture
+def files(tmp_path):
+    """The model, data and probe every process of a search loads."""
+    from tests.search.test_tune import make_model, regression_data
+    from tests.test_cache import probe_result
+
+    x, y = regression_data()
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    make_model().save(tmp_path / "model.keras")
+    probe_result(32).to_json(tmp_path / "probe.json")
+    (tmp_path / "worker.py").write_text(f"SEARCH = {SEARCH!r}\n" + WORKER)
+    return tmp_path
+
+
+def environment(**variables: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **variables}
+
+
+def start_chief(files: Path, port: int, timeout: float) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "autobatch", "tune", str(files / "model.keras"),
+        "--data", str(files / "train.npz"), "--probe", str(files / "probe.json"),
+        "--tuner", "halving", "--batch-sizes", "8,16,32", "--steps-per-epoch", "1.0",
+        "--budget-samples", "256", "--directory", str(files / "search"),
+        "--chief", f"127.0.0.1:{port}", "--threads", "1", "--json", str(files / "result.json"),
+        "--quiet",
+    ]
+    env = environment(**{distributed.TIMEOUT_VARIABLE: str(timeout)})
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def start_worker(files: Path, port: int, tuner_id: str, *, mode: str = "run",
+                 timeout: float = 4.0) -> subprocess.Popen:
+    env = environment(**distributed.role_environment(tuner_id, port, threads=1, timeout=timeout))
     return subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "search"), str(tmp_path / f"{tuner_id}.json"),
-         "stall" if stall else "run"],
+        [sys.executable, str(files / "worker.py"), str(files), mode],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 
@@ -216,32 +269,32 @@ def wait_for(path: Path, processes: list[subprocess.Popen], limit: float = 120) 
         time.sleep(0.1)
 
 
-def test_a_worker_killed_mid_trial_loses_nothing_and_the_search_ends(tmp_path):
+def test_a_worker_killed_mid_trial_loses_nothing_and_the_search_ends(files):
     port = distributed.free_port()
-    chief = start(tmp_path, port, "chief")
-    doomed = start(tmp_path, port, "worker-doomed", stall=True)
-    wait_for(tmp_path / "worker-doomed.json.stalled", [chief, doomed])
-    survivor = start(tmp_path, port, "worker-0")
+    chief = start_chief(files, port, timeout=4.0)
+    doomed = start_worker(files, port, "worker-doomed", mode="stall")
+    survivor = start_worker(files, port, "worker-0", mode="after-stall")
+    wait_for(files / "stalled", [chief, doomed, survivor])
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
 
     for process in (survivor, chief):
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr.decode()[-2000:]
-    result = json.loads((tmp_path / "chief.json").read_text())
-    # Every candidate trained, the killed one's trial included (by the survivor).
-    assert sorted(batch for batch, _, _ in result["trials"]) == [8, 16, 32]
-    assert all(val_loss is not None for _, _, val_loss in result["trials"])
-    oracle = json.loads((tmp_path / "search" / os.listdir(tmp_path / "search")[0]
-                         / "oracle.json").read_text())
+    result = json.loads((files / "result.json").read_text())
+    # Every candidate trained, the killed worker's included (by the survivor), and the
+    # chief's project left with no trial running.
+    assert sorted(t["batch_size"] for t in result["trials"]) == [8, 16, 32]
+    assert all(t["val_loss"] is not None for t in result["trials"])
+    oracle = json.loads((Path(result["directory"]) / "oracle.json").read_text())
     assert oracle["ongoing_trials"] == {}
 
 
-def test_workers_stop_when_the_chief_is_gone(tmp_path):
+def test_workers_stop_when_the_chief_is_gone(files):
     port = distributed.free_port()
-    chief = start(tmp_path, port, "chief")
-    worker = start(tmp_path, port, "worker-0", stall=True, timeout=2.0)
-    wait_for(tmp_path / "worker-0.json.stalled", [chief, worker])
+    chief = start_chief(files, port, timeout=2.0)
+    worker = start_worker(files, port, "worker-0", mode="stall", timeout=2.0)
+    wait_for(files / "stalled", [chief, worker])
     chief.send_signal(signal.SIGKILL)
     chief.wait()
     killed_at = time.monotonic()
@@ -250,3 +303,4 @@ def test_workers_stop_when_the_chief_is_gone(tmp_path):
     assert time.monotonic() - killed_at < 30
     assert worker.returncode != 0
     assert "did not answer GetTrial within 2 s" in stderr.decode()
+
