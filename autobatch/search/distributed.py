@@ -256,15 +256,20 @@ class ChiefServicer:
         return self.stop_triggered and _nobody_left(self.oracle)
 
 
-def _synchronized(function: Callable) -> Callable:
+def _with_oracle_lock(function: Callable, oracle: Any, *args: Any) -> Any:
+    """``function(oracle, *args)`` holding the oracle's own lock (keras-tuner's
+    ``synchronized``, the lock every gRPC call takes), imported only when a chief runs."""
     import keras_tuner
 
-    return keras_tuner.synchronized(function)
+    return keras_tuner.synchronized(function)(oracle, *args)
 
 
-@_synchronized
 def _release(oracle: Any, tuner_ids: Sequence[str]) -> list[tuple[str, str]]:
     """Forget the workers ``tuner_ids``; their running trials go to the retry queue."""
+    return _with_oracle_lock(_release_locked, oracle, tuner_ids)
+
+
+def _release_locked(oracle: Any, tuner_ids: Sequence[str]) -> list[tuple[str, str]]:
     taken = []
     for tuner_id in tuner_ids:
         oracle.tuner_ids.discard(tuner_id)
@@ -277,9 +282,9 @@ def _release(oracle: Any, tuner_ids: Sequence[str]) -> list[tuple[str, str]]:
     return taken
 
 
-@_synchronized
 def _nobody_left(oracle: Any) -> bool:
-    return not oracle.ongoing_trials and not oracle.tuner_ids
+    return bool(_with_oracle_lock(
+        lambda o: not o.ongoing_trials and not o.tuner_ids, oracle))
 
 
 def _handshake_trial(project: str, token: str) -> Any:
