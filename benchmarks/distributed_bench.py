@@ -12,7 +12,7 @@ included), the chief's search time (its ``tune`` from start to end, as ``result.
 each process's CPU seconds, and the chief's share of all CPU time (its overhead).
 
     $ nice -n 10 python -m benchmarks.distributed_bench
-    $ python -m benchmarks.distributed_bench --quick   # a tiny search, under a minute
+    $ python -m benchmarks.distributed_bench --quick   # a tiny search: mostly process start-up
 """
 
 from __future__ import annotations

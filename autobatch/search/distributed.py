@@ -605,6 +605,8 @@ def launch(
             workers_done = all(t in outcomes for t, _ in processes.values() if t != "chief")
             if workers_done and "chief" not in outcomes:
                 _terminate(processes, "chief")  # no worker left to train: it would wait forever
+            if tuner_id == "chief" and child.returncode != 0:
+                grace_until = time.perf_counter()  # it failed: no worker will get a candidate
     finally:
         for tuner_id, child in processes.values():
             if tuner_id not in outcomes and child.poll() is None:

@@ -48,6 +48,24 @@ def test_the_role_comes_from_keras_tuners_variables(monkeypatch):
     assert distributed.bind_address() == "127.0.0.1"
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--worker", "8000"], "'8000' has no address: give the chief's ADDRESS:PORT"),
+    (["--chief", "127.0.0.1:99999"], "the port is not a number from 1 to 65535"),
+    (["--workers", "2", "--chief", "8000"], "not allowed with argument --workers"),
+    (["--worker", "10.0.0.5:8000", "--json", "out.json"], "--json and --plots are the chief's"),
+])
+def test_the_command_line_refuses_roles_that_cannot_work(options, message, tmp_path, capsys,
+                                                         monkeypatch):
+    from autobatch import cli
+
+    for name in (distributed.ORACLE_IP, distributed.ORACLE_PORT, distributed.TUNER_ID):
+        monkeypatch.setenv(name, "")  # recorded, so the variables --worker sets are undone
+        monkeypatch.delenv(name)
+    assert cli.main(["tune", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"),
+                     *options]) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
 # --- one chief in this process, workers as gRPC clients: no training ----------------------
 
 
