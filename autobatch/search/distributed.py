@@ -32,7 +32,6 @@ uses 127.0.0.1. The server has no authentication: bind it to a private network o
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import json
 import os
@@ -375,12 +374,25 @@ def work(search: Any, *, seed: int | None) -> None:
     client.check_same_search(search.project_name)
     try:
         search.search()
-    except KeyboardInterrupt:
-        if client.chief_lost is None:
-            raise
-        raise client.chief_lost from None
+    except _ChiefLost:
+        raise client.chief_lost or DistributedSearchError("The chief is gone.") from None
     finally:
         client.close()
+
+
+class _ChiefLost(BaseException):
+    """Raised in the worker's search thread by its heartbeat when the chief stops answering.
+    A BaseException, so keras-tuner neither scores nor retries the trial it interrupts."""
+
+
+def _raise_in_thread(thread_id: int, exception: type[BaseException]) -> None:
+    """Raise ``exception`` in the thread ``thread_id`` at its next Python step. Unlike a
+    SIGINT (``_thread.interrupt_main``), this works whatever the signal handlers are: a
+    process started in the background (``nohup ... &``) ignores SIGINT."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                               ctypes.py_object(exception))
 
 
 class WorkerClient:
@@ -400,6 +412,7 @@ class WorkerClient:
         self.chief_lost: DistributedSearchError | None = None
         self.stub = self._client.stub = _DeadlineStub(self._client.stub, self, connect_timeout)
         self._training: str | None = None
+        self._search_thread = threading.get_ident()  # the thread that trains, to stop
         self._closed = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="autobatch-heartbeat",
                                            daemon=True)
@@ -476,7 +489,7 @@ class WorkerClient:
                 if self._closed.is_set():
                     return
                 self.chief_lost = error
-                _thread.interrupt_main()  # stops the training at its next Python step
+                _raise_in_thread(self._search_thread, _ChiefLost)  # at its next Python step
                 return
 
 

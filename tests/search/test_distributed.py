@@ -275,6 +275,8 @@ def start_worker(files: Path, port: int, tuner_id: str, *, mode: str = "run",
     return subprocess.Popen(
         [sys.executable, str(files / "worker.py"), str(files), mode],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # As under `nohup ... &`: SIGINT ignored, so stopping a worker cannot rely on it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
 
 
