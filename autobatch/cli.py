@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -40,6 +41,7 @@ from autobatch.errors import (
 from autobatch.files import NPZ_HELP, load_model, load_npz
 from autobatch.memory.base import MemoryBackend
 from autobatch.memory.host import HostMemory
+from autobatch.search import distributed
 from autobatch.search.space import DEFAULT_EPOCH_FRACTIONS
 from autobatch.search.tune import DEFAULT_BUDGET_PASSES, DEFAULT_MIN_BUDGET_SAMPLES
 
@@ -73,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # for `tune --workers`
     except SystemExit as exit_:  # --help or --version: argparse printed them
         return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
     except UsageError as error:
@@ -203,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--overwrite", action="store_true",
                       help="start the search afresh instead of resuming it")
     _outputs(tune)
+    _distribution(tune)
     tune.set_defaults(run=_run_tune)
 
     show = command(
@@ -247,6 +251,46 @@ def _tune_default(name: str) -> Any:
     from autobatch.search.tune import tune
 
     return inspect.signature(tune).parameters[name].default
+
+
+def _distribution(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "several processes or machines (Keras Tuner's chief and workers; KERASTUNER_TUNER_ID, "
+        "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT, when set, give the role instead)")
+    roles = group.add_mutually_exclusive_group()
+    roles.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                       help="train N candidates at a time in N worker processes on this "
+                       "machine, under a chief on 127.0.0.1 (probing once first unless "
+                       "--probe is given)")
+    roles.add_argument("--chief", type=_chief_address, default=None, metavar="[ADDRESS:]PORT",
+                       help="serve the search to workers on other machines, listening on "
+                       "ADDRESS (default 127.0.0.1; e.g. 0.0.0.0 for every interface: the "
+                       "service has no authentication, use a private network)")
+    roles.add_argument("--worker", type=_worker_address, default=None, metavar="ADDRESS:PORT",
+                       help="train candidates for the chief at ADDRESS:PORT; every process "
+                       "needs the same MODEL, --data, --probe and options, and a --directory "
+                       "on a file system they share")
+    group.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="TensorFlow and OpenMP threads of this process (with --workers: "
+                       "of each worker; default: the CPU count divided by N)")
+
+
+def _chief_address(text: str) -> tuple[str, int]:
+    address, _, port = text.rpartition(":")
+    return address or "127.0.0.1", _port(port, text)
+
+
+def _worker_address(text: str) -> tuple[str, int]:
+    address, _, port = text.rpartition(":")
+    if not address:
+        raise argparse.ArgumentTypeError(f"{text!r} has no address: give the chief's ADDRESS:PORT")
+    return address, _port(port, text)
+
+
+def _port(port: str, text: str) -> int:
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"{text!r}: the port is not a number from 1 to 65535")
+    return int(port)
 
 
 def _model_and_data(parser: argparse.ArgumentParser) -> None:
@@ -480,7 +524,14 @@ def _run_tune(args: argparse.Namespace) -> int:
                 f"--probe {args.probe} holds a tune result, not a probe result; pass the file "
                 "written by autobatch probe --json."
             )
+    role = _take_role(args)
+    if args.workers is not None and role == "local":
+        return _launch_workers(args)
+    if args.threads is not None:
+        distributed.limit_threads(args.threads)
     _start_framework(args.debug)
+    if args.threads is not None:
+        distributed.limit_threads(args.threads)  # TensorFlow's own setting, now it is loaded
     model = load_model(args.model)
     data = load_npz(args.data)
     options: dict[str, Any] = {"verbose": 0 if args.quiet else 1}
@@ -508,8 +559,70 @@ def _run_tune(args: argparse.Namespace) -> int:
         options["overwrite"] = True
     with _in_option_terms(args):
         result = autobatch.tune(model, data, **options)
+    if role == "worker":  # the chief has the whole search, and writes it
+        if not args.quiet:
+            report.error_line(f"worker done: the chief at {os.environ[distributed.ORACLE_IP]}:"
+                              f"{os.environ[distributed.ORACLE_PORT]} has the result")
+        return EXIT_OK
     _write_outputs(result, args)
     return EXIT_OK
+
+
+def _take_role(args: argparse.Namespace) -> str:
+    """Set Keras Tuner's variables for --chief / --worker; this process's role."""
+    if args.chief is not None:
+        os.environ.update(distributed.role_environment("chief", args.chief[1],
+                                                       address=args.chief[0]))
+    elif args.worker is not None:
+        own = os.environ.get(distributed.TUNER_ID, "")
+        tuner_id = own if own and "chief" not in own else f"worker-{socket.gethostname()}-{os.getpid()}"
+        os.environ.update(distributed.role_environment(tuner_id, args.worker[1],
+                                                       address=args.worker[0]))
+    role = distributed.role()
+    if args.worker is not None and (args.json is not None or args.plots is not None):
+        raise UsageError("--json and --plots are the chief's: a worker sees only part of the "
+                         "search. Pass them to the chief's command.")
+    return role
+
+
+def _launch_workers(args: argparse.Namespace) -> int:
+    """`tune --workers N`: probe once (unless --probe), then a chief and N workers on
+    127.0.0.1, each running this same command line in its role."""
+    import subprocess
+    import tempfile
+
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    command = [sys.executable, "-m", "autobatch", *args.argv]
+    # The children import the autobatch this process runs, wherever it was imported from.
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [package_root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    with tempfile.TemporaryDirectory(prefix="autobatch-workers-") as scratch:
+        if args.probe is None:
+            probe_file = os.path.join(scratch, "probe.json")
+            probe_command = [sys.executable, "-m", "autobatch", "probe", str(args.model),
+                             "--data", str(args.data), "--json", probe_file]
+            if args.memory_limit is not None:
+                probe_command += ["--memory-limit", str(args.memory_limit)]
+            probe_command += ["--quiet"] if args.quiet else []
+            probed = subprocess.run(probe_command, check=False, env=env)
+            if probed.returncode != EXIT_OK:
+                return probed.returncode
+            command += ["--probe", probe_file]
+        outcomes = distributed.launch(
+            command, [*command, "--quiet", "--threads", str(threads)],
+            num_workers=args.workers, threads=threads, env=env,
+        )
+    chief = next(o for o in outcomes if o.tuner_id == "chief")
+    failed = [o.tuner_id for o in outcomes if o.tuner_id != "chief" and o.returncode != EXIT_OK]
+    if chief.returncode == EXIT_OK:
+        if failed:
+            report.error_line(f"{', '.join(failed)} stopped early; the others finished the search")
+        return EXIT_OK
+    if len(failed) == args.workers:
+        report.error_line("every worker stopped before the search ended (their errors are "
+                          "above); the trials so far are kept: run the same command to resume")
+    return chief.returncode if chief.returncode > 0 else EXIT_FAILURE
 
 
 def _run_report(args: argparse.Namespace) -> int:

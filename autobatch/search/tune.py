@@ -366,7 +366,7 @@ def _search(
     import keras_tuner
 
     from autobatch import report
-    from autobatch.search import project
+    from autobatch.search import distributed, project
     from autobatch.search.hypermodel import BatchHyperModel
     from autobatch.search.tuner import BatchTuner, make_oracle
 
@@ -393,13 +393,15 @@ def _search(
             memory=memory, min_delta=min_delta, validation_batch_size=plan.space.batch_sizes[-1],
             on_candidate=progress.trial_done, on_candidate_start=progress.trial_started,
             directory=str(directory), project_name=name,
-            overwrite=overwrite, deadline=deadline, callbacks=callbacks,
+            # A worker never deletes the project: it is the chief's (and other workers').
+            overwrite=overwrite and distributed.role() != "worker", deadline=deadline,
+            callbacks=callbacks,
         )
     search.oracle.verbose = 0  # silence keras-tuner's Display: progress is ours
     search.progress = progress
     try:
         with progress:
-            search.search()
+            distributed.run_search(search, seed=seed, progress=progress)  # alone unless told
     except keras_tuner.errors.FatalError as error:
         # Ours is one line already (see BatchTuner._train); a HyperModel's may not be.
         description = describe_backend_error(error, with_type=False, limit=600)

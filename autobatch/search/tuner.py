@@ -27,6 +27,7 @@ from autobatch.data import TrainingData
 from autobatch.errors import InvalidArgumentError, MissingDependencyError, describe_backend_error
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import TuneTrial
+from autobatch.search import distributed
 from autobatch.search.candidate import CandidateOutcome, train_candidates
 from autobatch.search.hypermodel import BatchHyperModel
 from autobatch.search.space import Budget, Candidate, samples_in_epochs
@@ -306,6 +307,9 @@ class BatchTuner(keras_tuner.Tuner):
         hp = trial.hyperparameters
         run_name = self._run_name(candidate, hp.values)
         run = self._load_run(run_name)
+        if run is None:  # in a distributed search, another worker may be training it now
+            run = distributed.claim_run(os.path.join(self.project_dir, RUNS_DIRECTORY), run_name,
+                                        functools.partial(self._load_run, run_name))
         if run is not None and str(candidate.steps_per_epoch) in run["outcomes"]:
             outcome = CandidateOutcome(**run["outcomes"][str(candidate.steps_per_epoch)])
             return self._record(trial, candidate, outcome, run["learning_rate"],
@@ -379,6 +383,7 @@ class BatchTuner(keras_tuner.Tuner):
         with open(path + ".tmp", "w", encoding="utf-8") as file:
             json.dump(run, file)
         os.replace(path + ".tmp", path)
+        distributed.release_run(directory, name)
 
     def _record(
         self, trial: Any, candidate: Candidate, outcome: CandidateOutcome, learning_rate: Any,

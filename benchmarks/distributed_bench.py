@@ -1,0 +1,156 @@
+"""The same search with 1 worker and with 2 workers: ``autobatch tune --workers N``.
+
+Task: tune_bench's digits (1,437 training / 360 validation samples, an MLP), tune's defaults
+(successive halving over every candidate), one probe shared by both runs. Each worker is
+limited to one CPU thread (TensorFlow's intra- and inter-op threads and OMP_NUM_THREADS) so
+that 2 workers on a 2-core machine compare fairly with 1; the chief (which only serves the
+oracle) gets one thread too. Workers seed each candidate from its own values, so both runs
+train the same candidates identically and must pick the same best one.
+
+Measured per run: the wall time of the whole command (starting 1 + N Python processes
+included), the chief's search time (its ``tune`` from start to end, as ``result.seconds``),
+each process's CPU seconds, and the chief's share of all CPU time (its overhead).
+
+    $ nice -n 10 python -m benchmarks.distributed_bench
+    $ python -m benchmarks.distributed_bench --quick   # a tiny search: mostly process start-up
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import _common
+from benchmarks.tune_bench import EPOCH_FRACTIONS, load_task, space_batch_sizes
+
+NUM_WORKERS = (1, 2)
+#: The goal of issue 13: 2 workers at least this much faster than 1.
+SPEEDUP_GOAL = 1.6
+
+
+def prepare(directory: Path, quick: bool) -> dict[str, Any]:
+    """The model file, data files and probe file both runs use."""
+    import autobatch
+
+    task = load_task("digits")
+    model = task.build(0)
+    model.save(directory / "model.keras")
+    np.savez(directory / "train.npz", x=task.x_train, y=task.y_train)
+    np.savez(directory / "validation.npz", x=task.x_val, y=task.y_val)
+    probe = autobatch.probe(model, (task.x_train, task.y_train), verbose=0)
+    probe.to_json(directory / "probe.json")
+    batch_sizes = space_batch_sizes(probe.max_batch_size, len(task.x_train))
+    fractions = list(EPOCH_FRACTIONS)
+    budget = None
+    if quick:
+        batch_sizes, fractions, budget = batch_sizes[:3], [1.0], 3 * len(task.x_train)
+    return {"task": "digits", "num_train": len(task.x_train), "num_val": len(task.x_val),
+            "probe_max_batch_size": probe.max_batch_size, "batch_sizes": batch_sizes,
+            "epoch_fractions": fractions, "budget_samples": budget}
+
+
+def run(directory: Path, setup: dict[str, Any], num_workers: int) -> dict[str, Any]:
+    """One ``autobatch tune --workers N`` search from a fresh project directory."""
+    from autobatch.search import distributed
+
+    output = directory / f"result-{num_workers}.json"
+    command = [
+        sys.executable, "-m", "autobatch", "tune", str(directory / "model.keras"),
+        "--data", str(directory / "train.npz"),
+        "--validation-data", str(directory / "validation.npz"),
+        "--probe", str(directory / "probe.json"),
+        "--batch-sizes", ",".join(map(str, setup["batch_sizes"])),
+        "--steps-per-epoch", ",".join(map(str, setup["epoch_fractions"])),
+        "--directory", str(directory / f"search-{num_workers}"),
+        "--json", str(output), "--quiet",
+    ]
+    if setup["budget_samples"] is not None:
+        command += ["--budget-samples", str(setup["budget_samples"])]
+    # What `autobatch tune --workers N --threads 1` runs, called here for each process's CPU time.
+    env = {**os.environ, "PYTHONPATH": str(_common.REPO_ROOT)}
+    started = time.perf_counter()
+    outcomes = distributed.launch(command, [*command, "--threads", "1"], num_workers=num_workers,
+                                  threads=1, env=env)
+    wall = time.perf_counter() - started
+    failed = [o for o in outcomes if o.returncode != 0]
+    if failed or not output.exists():
+        raise RuntimeError(f"{num_workers} worker(s): {failed or 'no result written'}")
+    result = json.loads(output.read_text())
+    cpu = {o.tuner_id: o.cpu_seconds for o in outcomes}
+    return {
+        "num_workers": num_workers,
+        "wall_seconds": wall,
+        "search_seconds": result["seconds"],
+        "cpu_seconds": cpu,
+        "chief_cpu_share": cpu["chief"] / sum(cpu.values()),
+        "best": {"batch_size": result["batch_size"], "steps_per_epoch": result["steps_per_epoch"],
+                 "epochs": result["epochs"], "val_loss": result["val_loss"]},
+        "num_trials": len(result["trials"]),
+        "candidates": sorted(
+            [t["batch_size"], t["steps_per_epoch"], t["val_loss"]] for t in result["trials"]
+            if t.get("same_as") is None and t["val_loss"] is not None
+        ),
+    }
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    one, two = runs
+    best = (one["best"]["batch_size"], one["best"]["steps_per_epoch"])
+    return {
+        "speedup_search": one["search_seconds"] / two["search_seconds"],
+        "speedup_wall": one["wall_seconds"] / two["wall_seconds"],
+        "same_best_candidate": best == (two["best"]["batch_size"], two["best"]["steps_per_epoch"]),
+        "same_val_losses": one["candidates"] == two["candidates"],
+        "speedup_goal": SPEEDUP_GOAL,
+    }
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        [r["num_workers"], r["wall_seconds"], r["search_seconds"],
+         f"{r['best']['batch_size']} x {r['best']['steps_per_epoch']}", r["best"]["val_loss"],
+         r["num_trials"], r["cpu_seconds"]["chief"], sum(r["cpu_seconds"].values()),
+         f"{100 * r['chief_cpu_share']:.1f}%"]
+        for r in runs
+    ]
+    return _common.markdown_table(
+        ["workers", "wall s (with start-up)", "search s", "best batch x steps", "val_loss",
+         "trials", "chief CPU s", "all CPU s", "chief share"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _common.base_parser(__doc__.splitlines()[0])
+    args = parser.parse_args(argv)
+    _common.prepare_environment()
+    metadata = _common.run_metadata("quick" if args.quick else "full")
+    with tempfile.TemporaryDirectory(prefix="autobatch-distributed-bench-") as scratch:
+        directory = Path(scratch)
+        setup = prepare(directory, args.quick)
+        print(f"digits: probe {setup['probe_max_batch_size']}, batch sizes {setup['batch_sizes']}",
+              flush=True)
+        runs = []
+        for num_workers in NUM_WORKERS:
+            runs.append(run(directory, setup, num_workers))
+            print(f"{num_workers} worker(s): {runs[-1]['search_seconds']:.1f} s search, "
+                  f"{runs[-1]['wall_seconds']:.1f} s wall", flush=True)
+    payload = {**metadata, "setup": setup, "runs": runs, "summary": summary(runs)}
+    path = _common.write_json(args.results_dir, _common.result_stem("distributed_bench", args.quick),
+                              payload)
+    print(table(runs))
+    s = payload["summary"]
+    print(f"speedup with 2 workers: {s['speedup_search']:.2f}x search, {s['speedup_wall']:.2f}x "
+          f"wall (goal >= {SPEEDUP_GOAL}x); same best candidate: {s['same_best_candidate']}; "
+          f"same val_loss for every candidate: {s['same_val_losses']}")
+    print(f"result: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

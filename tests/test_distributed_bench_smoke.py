@@ -1,0 +1,44 @@
+"""benchmarks/distributed_bench.py's pure logic: the speedup, the same-best check and the
+table, on run records shaped as `run` writes them. No processes here (the multi-process
+behaviour is in tests/search/test_distributed.py; the benchmark itself takes minutes)."""
+
+from benchmarks import distributed_bench
+
+
+def run_record(num_workers, *, search, wall, chief_cpu, worker_cpu, best=(64, 6), losses=None):
+    cpu = {"chief": chief_cpu, **{f"worker-{i}": worker_cpu for i in range(num_workers)}}
+    return {
+        "num_workers": num_workers, "wall_seconds": wall, "search_seconds": search,
+        "cpu_seconds": cpu, "chief_cpu_share": chief_cpu / sum(cpu.values()),
+        "best": {"batch_size": best[0], "steps_per_epoch": best[1], "epochs": 9,
+                 "val_loss": 0.125},
+        "num_trials": 25, "candidates": losses or [[16, 23, 0.2], [64, 6, 0.125]],
+    }
+
+
+def test_the_summary_compares_two_workers_with_one():
+    one = run_record(1, search=80.0, wall=100.0, chief_cpu=5.0, worker_cpu=75.0)
+    two = run_record(2, search=45.0, wall=65.0, chief_cpu=5.0, worker_cpu=40.0)
+    summary = distributed_bench.summary([one, two])
+    assert summary["speedup_search"] == 80.0 / 45.0
+    assert summary["speedup_wall"] == 100.0 / 65.0
+    assert summary["same_best_candidate"] and summary["same_val_losses"]
+    assert summary["speedup_goal"] == distributed_bench.SPEEDUP_GOAL == 1.6
+
+
+def test_another_best_candidate_or_score_is_reported():
+    one = run_record(1, search=80.0, wall=100.0, chief_cpu=5.0, worker_cpu=75.0)
+    two = run_record(2, search=45.0, wall=65.0, chief_cpu=5.0, worker_cpu=40.0, best=(16, 23),
+                     losses=[[16, 23, 0.2], [64, 6, 0.126]])
+    summary = distributed_bench.summary([one, two])
+    assert not summary["same_best_candidate"]
+    assert not summary["same_val_losses"]
+
+
+def test_the_table_shows_the_chiefs_share_of_the_cpu():
+    runs = [run_record(1, search=80.0, wall=100.0, chief_cpu=5.0, worker_cpu=75.0),
+            run_record(2, search=45.0, wall=65.0, chief_cpu=5.0, worker_cpu=40.0)]
+    lines = distributed_bench.table(runs).splitlines()
+    assert len(lines) == 4
+    assert "| 64 x 6 |" in lines[2] and lines[2].endswith("| 6.2% |")  # 5 of 80 CPU seconds
+    assert lines[3].endswith("| 5.9% |")  # 5 of 85
