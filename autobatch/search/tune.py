@@ -201,7 +201,8 @@ def tune(
             "reference_batch_size": reference_batch_size if lr_scaling else None,
             "seed": seed,
             # 2: Keras' validation split, divisor steps, shared runs: old trials differ.
-            "search_version": 2,
+            # 3: halving by batch size, continued runs: old rounds mean something else.
+            "search_version": 3,
             "validation": "given" if validation_data is not None else validation_split,
         }
         search = _search(
@@ -318,8 +319,7 @@ def _plan(
     """The space below the probed limit, the tuner for it, and the budget of a candidate."""
     from autobatch.search.space import build_space
     from autobatch.search.tuner import (
-        HYPERBAND_FACTOR,
-        halving_round_sizes,
+        halving_max_epochs,
         hyperband_epochs_for,
         hyperband_random_trials,
     )
@@ -344,7 +344,7 @@ def _plan(
     shares = 1
     if tuner == "halving":
         candidates = _distinct_candidates(space)
-        shares = HYPERBAND_FACTOR ** (len(halving_round_sizes(len(candidates))) - 1)
+        shares = halving_max_epochs(candidates)
     elif tuner == "hyperband":
         shares = hyperband_epochs_for(space.size)
     budget = _budget(
@@ -415,10 +415,10 @@ def _expected_trials(
 ) -> int | None:
     """How many trials the search will run, for the progress bar; None where the tuner
     decides as it goes (Hyperband's brackets, a HyperModel's own space)."""
-    from autobatch.search.tuner import halving_round_sizes
+    from autobatch.search.tuner import halving_max_trials
 
-    if candidates is not None:  # successive halving: its rounds are fixed up front
-        expected = sum(halving_round_sizes(len(candidates)))
+    if candidates is not None:  # successive halving: at most this many
+        expected = halving_max_trials(candidates)
     elif tuner == "grid":
         expected = space_size
     else:
