@@ -14,7 +14,11 @@ its validation history is replayed so each candidate's early stopping goes on wh
 was, and ``fit`` goes on from that epoch. Only whole passes are continuation points:
 ``model.fit`` starts a new pass over arrays at every call, so a continued run is then the
 same steps on the same batches as one uninterrupted ``model.fit`` (bit for bit with Keras
-seeded: with a global seed set, Keras shuffles every pass alike).
+seeded: with a global seed set, Keras shuffles every pass alike). Not bit for bit: a
+``tf.data`` pipeline that reshuffles each pass starts its shuffle order again at each round
+(measured: 0.55% apart from one ``fit`` on a small regression), and callbacks that keep
+state across epochs (``ReduceLROnPlateau``) restart it. Endless data has no passes: its
+runs are not continued but trained again.
 """
 
 from __future__ import annotations

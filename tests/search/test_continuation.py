@@ -146,3 +146,25 @@ def test_early_stopping_carries_its_best_and_its_wait_into_the_next_round():
     assert outcome.val_losses == losses[:5]
     assert outcome.stopped_early and (outcome.best_epoch, outcome.best_val_loss) == (3, 3.0)
     assert second.snapshot.iterations == 5 and second.snapshot.samples == 80
+
+
+def test_a_search_interrupted_between_rounds_continues_from_the_saved_states(tmp_path, probed):
+    from tests.search.test_tune import InterruptingMemory
+
+    x, y = regression_data()
+    model = make_model()
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C as the second round starts
+        autobatch.tune(model, (x, y), **halving(tmp_path, probed,
+                                                memory=InterruptingMemory(trials=4)))
+    states = list(tmp_path.glob("*/autobatch_runs/*.npz"))
+    assert len(states) == 4  # each first-round run's state, in the project directory
+
+    RUNS.clear()
+    result = autobatch.tune(model, (x, y), **halving(tmp_path, probed, callbacks=[RunRecorder()]))
+    whole = autobatch.tune(make_model(), (x, y), **halving(tmp_path / "whole", probed))
+    # Only the later rounds trained, each from where the killed search had left its run.
+    assert len(RUNS) == 3 and all(r["start_iterations"] > 0 for r in RUNS)
+    assert [t.val_loss_history for t in result.trials] == [
+        t.val_loss_history for t in whole.trials]
+    assert (result.fit_kwargs(), result.val_loss) == (whole.fit_kwargs(), whole.val_loss)
+    assert not list(tmp_path.glob("*/autobatch_runs/*.npz"))  # finished: states removed
