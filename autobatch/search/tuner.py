@@ -155,6 +155,9 @@ class SuccessiveHalvingOracle(keras_tuner.Oracle):
     tune_bench (digits, breast cancer), a third per round with every candidate retrained
     dropped the best batch size in round one on 2 of 6 seeds (2.6% and 5.7% off the grid's
     best): large batches are far behind after a ninth of the budget and catch up later.
+    This rule found the grid's best on all 6 seeds, at 0.50 (digits) and 0.92 (breast
+    cancer) of the grid's time; there every grid run stops early, and the large batches
+    this rule keeps promoting are what the grid spends its time on.
 
     Why not keras-tuner's Hyperband: its later brackets train random candidates on large
     shares of the budget from the start, which on a space of a few dozen candidates cost
