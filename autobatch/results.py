@@ -235,6 +235,11 @@ class TuneTrial:
     """The trial whose training run this candidate's curve was read from: candidates that
     differ only in steps_per_epoch train the same steps, so one run validated at the finest
     of them serves all. None when its own trial ran it. ``seconds`` is that run's time."""
+    continued_from: str | None = None
+    """The trial whose run this one continued from its last whole pass (a later round of
+    successive halving or Hyperband); None when it trained from the initial weights.
+    ``samples_seen``, ``epochs_run`` and ``val_loss_history`` then count every round,
+    ``seconds`` only this one."""
 
 
 #: Hyperparameters every candidate has; the others (a HyperModel's own) tell candidates apart.

@@ -7,6 +7,18 @@ where early stopping on ``val_loss`` would have stopped it, and its run is exact
 ``model.fit(x, y, **result.fit_kwargs())`` makes (same batch_size, same steps; steps_per_epoch
 only moves the validations). Out-of-memory errors and non-finite losses end the candidates as
 *failed*; any other error is a real problem and propagates.
+
+A run can continue an earlier one (successive halving's later rounds): the model and the
+optimizer get the values saved at the last whole pass of the earlier run (a `RunState`),
+its validation history is replayed so each candidate's early stopping goes on where it
+was, and ``fit`` goes on from that epoch. Only whole passes are continuation points:
+``model.fit`` starts a new pass over arrays at every call, so a continued run is then the
+same steps on the same batches as one uninterrupted ``model.fit`` (bit for bit with Keras
+seeded: with a global seed set, Keras shuffles every pass alike). Not bit for bit: a
+``tf.data`` pipeline that reshuffles each pass starts its shuffle order again at each round
+(measured: 0.55% apart from one ``fit`` on a small regression), and callbacks that keep
+state across epochs (``ReduceLROnPlateau``) restart it. Endless data has no passes: its
+runs are not continued but trained again.
 """
 
 from __future__ import annotations
@@ -16,6 +28,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from autobatch.data import TrainingData
 from autobatch.memory.base import MemoryBackend
@@ -54,6 +68,59 @@ class CandidateOutcome:
     def best_val_loss(self) -> float | None:
         epoch = self.best_epoch
         return None if epoch is None else self.val_losses[epoch - 1]
+
+
+@dataclass
+class RunState:
+    """A shared run at the end of a whole pass over the data: what continuing it needs.
+
+    ``weights`` are the model's variables (Dropout's seed state included) and
+    ``optimizer`` the optimizer's (``iterations`` and every slot), in their own order.
+    Early stopping's state (each candidate's best val_loss and epochs since) is not kept
+    apart: replaying ``val_losses`` rebuilds it exactly, for any candidate reading the run.
+    """
+
+    epoch: int
+    """Epochs of the run so far (``fit``'s ``initial_epoch`` when continuing)."""
+    samples: int
+    """Training samples seen so far."""
+    train_seconds: float
+    """Wall seconds spent training so far, validation left out."""
+    val_losses: list[float]
+    """The run's val_loss after each of its epochs so far."""
+    iterations: int
+    """The optimizer's ``iterations`` (its steps so far)."""
+    weights: list[Any] = field(default_factory=list, repr=False)
+    optimizer: list[Any] = field(default_factory=list, repr=False)
+
+    def load_into(self, model: Any) -> bool:
+        """Give ``model`` these values, building its optimizer first; False (and nothing
+        changed) when the layout differs.
+
+        Keras skips the variables of an optimizer that is not built yet ("Skipping variable
+        loading for optimizer"): Adam would restart from zero moments and step 0.
+        """
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        targets = (list(model.variables), list(model.optimizer.variables))
+        for variables, values in zip(targets, (self.weights, self.optimizer), strict=True):
+            if [tuple(v.shape) for v in variables] != [np.shape(v) for v in values]:
+                return False
+        for variables, values in zip(targets, (self.weights, self.optimizer), strict=True):
+            for variable, value in zip(variables, values, strict=True):
+                variable.assign(value)
+        return True
+
+    @classmethod
+    def of(cls, model: Any, *, epoch: int, samples: int, train_seconds: float,
+           val_losses: list[float]) -> RunState:
+        """The model's and optimizer's values now, copied."""
+        return cls(
+            epoch=epoch, samples=samples, train_seconds=train_seconds,
+            val_losses=list(val_losses), iterations=int(model.optimizer.iterations.numpy()),
+            weights=[np.array(v.numpy(), copy=True) for v in model.variables],
+            optimizer=[np.array(v.numpy(), copy=True) for v in model.optimizer.variables],
+        )
 
 
 @dataclass
@@ -113,24 +180,31 @@ def shared_run_plan(candidates: list[Candidate]) -> tuple[int, int, list[int]]:
 
 
 def _watcher(
-    followers: list[_Follower], max_seconds: float | None, deadline: float | None
+    followers: list[_Follower], max_seconds: float | None, deadline: float | None,
+    resume: RunState | None, snapshot_at: Any,
 ) -> Any:
     import keras
 
     class CandidateWatcher(keras.callbacks.Callback):
         """Records val_loss per epoch, stops on a non-finite loss, at the time budget or when
-        every candidate following the run has stopped, and times training apart from
-        validation. Epoch-level only: a per-step hook would wait for every step's loss and
-        slow a GPU down."""
+        every candidate following the run has stopped, times training apart from
+        validation, and keeps the state at each whole pass (``snapshot_at(epoch)`` gives
+        the samples seen when the 1-based run epoch ends a pass, None otherwise). Epoch-level
+        only: a per-step hook would wait for every step's loss and slow a GPU down."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.val_losses: list[float] = []
+            self.val_losses: list[float] = list(resume.val_losses) if resume else []
             self.failure: str | None = None
             self.stopped_by_time = False
             self.stopped_by_deadline = False
             self.validation_seconds = 0.0
+            self.snapshot: RunState | None = resume
             self._started = self._validation_started = 0.0
+
+        def train_seconds(self) -> float:
+            earlier = resume.train_seconds if resume else 0.0
+            return earlier + time.perf_counter() - self._started - self.validation_seconds
 
         def on_train_begin(self, logs: dict | None = None) -> None:
             self._started = time.perf_counter()
@@ -150,11 +224,17 @@ def _watcher(
                     self.model.stop_training = True
                     return
             self.val_losses.append(float(logs["val_loss"]))
+            samples = snapshot_at(epoch + 1)
+            if samples is not None:
+                self.snapshot = RunState.of(
+                    self.model, epoch=epoch + 1, samples=samples,
+                    train_seconds=self.train_seconds(), val_losses=self.val_losses,
+                )
             for follower in followers:
                 follower.see(epoch + 1, self.val_losses[-1])
             if all(f.done for f in followers):
                 self.model.stop_training = True
-            if max_seconds is not None and time.perf_counter() - self._started >= max_seconds:
+            if max_seconds is not None and self.train_seconds() >= max_seconds:
                 self.stopped_by_time = True
                 self.model.stop_training = True
             if deadline is not None and time.perf_counter() >= deadline:
@@ -177,6 +257,15 @@ def _step_cap(steps: int) -> Any:
     return StepCap()
 
 
+@dataclass
+class RunOutcome:
+    """What one shared run gave: each candidate's outcome by its steps_per_epoch, and the
+    state at its last whole pass (None when it reached none, or failed)."""
+
+    outcomes: dict[int, CandidateOutcome]
+    snapshot: RunState | None = None
+
+
 def train_candidates(
     *,
     fit: Any,
@@ -189,19 +278,31 @@ def train_candidates(
     min_delta: float,
     deadline: float | None = None,
     callbacks: list[Any] | None = None,
-) -> dict[int, CandidateOutcome]:
+    samples_per_pass: int | None = None,
+    resume: RunState | None = None,
+) -> RunOutcome:
     """Train ``model`` once for ``candidates`` (one batch size, several steps_per_epoch and
-    the same budget) and return each one's outcome by its steps_per_epoch;
-    ``fit(model, **kwargs)`` runs ``model.fit``.
+    the same budget); ``fit(model, **kwargs)`` runs ``model.fit``.
 
-    The caller has already given the model its initial weights and a fresh optimizer.
+    The caller has already given the model its initial weights and a fresh optimizer, or
+    ``resume``'s values (`RunState.load_into`): the run then goes on from ``resume.epoch``,
+    each candidate's curve and early stopping carrying on from the replayed history.
+    ``samples_per_pass``: the training samples in one pass over finite data; the run keeps
+    its state at the end of each pass (`RunOutcome.snapshot`). None (endless data, which
+    has no passes) keeps none: such a run cannot be continued.
     ``deadline`` (a ``time.perf_counter()`` value): the whole search's end; the run stops at
     the first epoch end past it, and the candidates it cut are marked ``out_of_time``.
     """
     batch_size = candidates[0].batch_size
     steps, epochs, every = shared_run_plan(candidates)
     followers = [_Follower(c, k, min_delta) for c, k in zip(candidates, every, strict=True)]
-    watcher = _watcher(followers, candidates[0].budget_seconds, deadline)
+    done_before = 0 if resume is None else resume.epoch
+    for epoch, val_loss in enumerate(resume.val_losses if resume else [], start=1):
+        for follower in followers:
+            follower.see(epoch, val_loss)
+    budget_seconds = candidates[0].budget_seconds
+    watcher = _watcher(followers, budget_seconds, deadline, resume,
+                       _pass_ends(samples_per_pass, batch_size, steps))
     budget = candidates[0].budget_samples
     cap_steps = None
     if epochs == 1 and budget is not None and steps * batch_size > budget:
@@ -210,40 +311,44 @@ def train_candidates(
         callbacks = [_step_cap(cap_steps), *(callbacks or [])]
     out_of_memory = False
     started = time.perf_counter()
-    try:
-        with memory.trial(batch_size) as reading, warnings.catch_warnings(), \
-                quiet_retracing():
-            # Keras' note that shuffle does not apply to a dataset. (Epochs never run out of
-            # data: steps_per_epoch divides a pass, see search/space.py.)
-            warnings.filterwarnings("ignore", message=".*shuffle=True.*")
-            fit(
-                model,
-                **train.search_inputs(batch_size),
-                steps_per_epoch=steps,
-                epochs=epochs,
-                validation_data=validation.validation_inputs(validation_batch_size),
-                validation_batch_size=validation_batch_size,
-                callbacks=[watcher, *(callbacks or [])],
-                verbose=0,
-            )
-    except Exception as error:  # noqa: BLE001 - only out-of-memory is swallowed, below
-        if not memory.is_out_of_memory(error):
-            raise
-        out_of_memory = True
+    reading = None
+    if epochs > done_before and not all(f.done for f in followers):
+        try:
+            with memory.trial(batch_size) as reading, warnings.catch_warnings(), \
+                    quiet_retracing():
+                # Keras' note that shuffle does not apply to a dataset. (Epochs never run out
+                # of data: steps_per_epoch divides a pass, see search/space.py.)
+                warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+                fit(
+                    model,
+                    **train.search_inputs(batch_size),
+                    steps_per_epoch=steps,
+                    epochs=epochs,
+                    initial_epoch=done_before,
+                    validation_data=validation.validation_inputs(validation_batch_size),
+                    validation_batch_size=validation_batch_size,
+                    callbacks=[watcher, *(callbacks or [])],
+                    verbose=0,
+                )
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is swallowed, below
+            if not memory.is_out_of_memory(error):
+                raise
+            out_of_memory = True
     seconds = time.perf_counter() - started
     if out_of_memory:
         # Outside the except block: its traceback no longer pins the failed step's tensors.
         memory.release()
-        return {
+        return RunOutcome({
             c.steps_per_epoch: CandidateOutcome(seconds=seconds, failure="out of memory")
             for c in candidates
-        }
-    train_seconds = max(0.0, seconds - watcher.validation_seconds)
+        })
+    train_seconds = (resume.train_seconds if resume else 0.0) + max(
+        0.0, seconds - watcher.validation_seconds)
     outcomes = {}
     for follower in followers:
         outcome = CandidateOutcome(
             val_losses=follower.val_losses, seconds=seconds, train_seconds=train_seconds,
-            peak_bytes=reading.peak_bytes,
+            peak_bytes=None if reading is None else reading.peak_bytes,
             samples_cap=(
                 cap_steps * batch_size if cap_steps is not None
                 else follower.every * steps * batch_size
@@ -259,4 +364,22 @@ def train_candidates(
         outcome.epochs_run = len(follower.val_losses) + (outcome.failure is not None)
         outcome.stopped_early = outcome.epochs_run < follower.candidate.max_epochs
         outcomes[follower.candidate.steps_per_epoch] = outcome
-    return outcomes
+    snapshot = None if watcher.failure is not None else watcher.snapshot
+    return RunOutcome(outcomes, snapshot)
+
+
+def _pass_ends(samples_per_pass: int | None, batch_size: int, steps: int) -> Any:
+    """``samples_at(epoch)``: the samples seen when the 1-based run ``epoch`` ends a whole
+    pass over the data, else None (always None for endless data: ``samples_per_pass`` None).
+
+    On finite data an epoch of ``steps`` batches never crosses the end of a pass (steps
+    divides the batches of a pass, see `autobatch.search.space`), so passes end every
+    ``batches / steps`` epochs, the last batch of each the partial one.
+    """
+    if samples_per_pass is None:
+        return lambda epoch: None
+    batches = math.ceil(samples_per_pass / batch_size)
+    if batches % steps:
+        return lambda epoch: None
+    per_pass = batches // steps
+    return lambda epoch: None if epoch % per_pass else epoch // per_pass * samples_per_pass

@@ -7,18 +7,26 @@ the probed limit), the budget, the tuner, the data's shape and a sample of its v
 the model's architecture and compile settings. The same call again resumes; a changed one
 gets a new project. Model *weights* are left out on purpose: a process that crashed and
 rebuilt the same model (new random weights) should resume its search.
+
+Next to keras-tuner's trials, `RunStore` keeps autobatch's shared training runs: each run's
+outcomes (JSON) and, for a run a later round may continue, the model's and optimizer's
+values at its last whole pass (``.npz``), so a search resumed after a crash also resumes
+its candidates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from autobatch.data import ArrayData, TrainingData, _leaves
+from autobatch.search.candidate import RunState
 
 #: Bytes of each array hashed to tell data sets apart (the first rows; cheap at any size).
 _SAMPLE_BYTES = 1 << 20
@@ -98,3 +106,78 @@ def _without_names(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_names(v) for v in value]
     return value
+
+
+class RunStore:
+    """A folder of shared runs: ``<name>.json`` (the outcomes, written last) and, while a
+    later round may continue the run, ``<name>.npz`` (its `RunState`). Every file is
+    written whole and then renamed, so a search killed mid-write leaves no half a file.
+
+    Example:
+        >>> store = RunStore(project_dir + "/autobatch_runs")
+        >>> store.save_state("1f2e", state); store.save("1f2e", {"outcomes": ...})
+        >>> store.load_state("1f2e").epoch
+        12
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        path = self.directory / f"{name}.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def save(self, name: str, run: dict[str, Any]) -> None:
+        self._write(f"{name}.json", lambda file: file.write(json.dumps(run).encode("utf-8")))
+
+    def all(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every saved run as ``(name, run)``."""
+        if not self.directory.is_dir():
+            return
+        for path in sorted(self.directory.glob("*.json")):
+            yield path.stem, json.loads(path.read_text(encoding="utf-8"))
+
+    def has_state(self, name: str) -> bool:
+        return (self.directory / f"{name}.npz").exists()
+
+    def save_state(self, name: str, state: RunState) -> None:
+        counters = {k: v for k, v in dataclasses.asdict(state).items()
+                    if k not in ("weights", "optimizer")}
+        arrays = {f"weight_{i}": value for i, value in enumerate(state.weights)}
+        arrays.update({f"optimizer_{i}": value for i, value in enumerate(state.optimizer)})
+        arrays["counters"] = np.array(json.dumps(counters))
+        self._write(f"{name}.npz", lambda file: np.savez(file, **arrays))
+
+    def load_state(self, name: str) -> RunState | None:
+        path = self.directory / f"{name}.npz"
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as saved:
+            counters = json.loads(str(saved["counters"]))
+            weights = [saved[f"weight_{i}"] for i in range(_count(saved.files, "weight_"))]
+            optimizer = [saved[f"optimizer_{i}"]
+                         for i in range(_count(saved.files, "optimizer_"))]
+        return RunState(**counters, weights=weights, optimizer=optimizer)
+
+    def remove_state(self, name: str) -> None:
+        (self.directory / f"{name}.npz").unlink(missing_ok=True)
+
+    def remove_states(self) -> None:
+        """Drop every kept state (a finished search continues nothing)."""
+        if self.directory.is_dir():
+            for path in self.directory.glob("*.npz"):
+                path.unlink(missing_ok=True)
+
+    def _write(self, filename: str, write: Any) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / filename
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+
+
+def _count(names: list[str], prefix: str) -> int:
+    return sum(1 for name in names if name.startswith(prefix))

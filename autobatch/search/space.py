@@ -243,10 +243,11 @@ class Budget:
     trial asked for ``tuner/epochs = e`` trains ``e / hyperband_epochs`` of the budget (its
     ``max_epochs`` of 9 is the whole budget), which each candidate turns into its own number
     of epochs of about ``steps_per_epoch * batch_size`` samples (`epochs_for_samples`). A
-    promoted trial trains again from the initial weights rather than continuing a
-    checkpoint, so its run is exactly one ``model.fit`` call that ``fit_kwargs()`` can
-    reproduce (continuing would restart the data iterator mid-pass and the optimizer, see
-    PITFALLS); a candidate that early stopping had already ended is not trained again.
+    promoted trial continues its earlier run from that run's last whole pass (weights,
+    optimizer, counters, early stopping; see `autobatch.search.candidate.RunState`), so its
+    run is still exactly one ``model.fit`` call that ``fit_kwargs()`` can reproduce (Keras
+    starts a new pass at every ``fit`` call, so only whole passes continue exactly); a
+    candidate that early stopping had already ended is not trained again.
     """
 
     samples: int | None

@@ -409,33 +409,38 @@ def test_a_space_too_small_for_hyperband_is_searched_exhaustively(tmp_path, prob
     assert len(result.trials) == 2
 
 
-def test_halving_round_sizes_keep_a_third_down_to_a_few():
-    from autobatch.search.tuner import halving_round_sizes
+def test_halving_rounds_keep_half_the_batch_sizes_down_to_one():
+    from autobatch.search.tuner import halving_max_epochs, halving_max_trials, halving_rounds
 
-    assert halving_round_sizes(24) == [24, 8, 3]
-    assert halving_round_sizes(18) == [18, 6, 2]
-    assert halving_round_sizes(6) == [6, 2]
-    assert halving_round_sizes(3) == [3]
+    def space(batch_sizes, fractions=(0.25, 0.5, 1.0)):
+        return [{"batch_size": b, "epoch_fraction": f} for b in batch_sizes for f in fractions]
+
+    assert halving_rounds(space(range(8))) == [8, 4, 2, 1]
+    assert halving_rounds(space(range(6))) == [6, 3, 2, 1]
+    assert halving_rounds(space([16])) == [1]
+    assert halving_max_epochs(space(range(6))) == 8
+    assert halving_max_trials(space(range(6))) == 18 + (3 + 2 + 1) * 3
 
 
-def test_halving_trains_every_candidate_then_the_best_on_the_whole_budget(tmp_path, probed):
+def test_halving_keeps_the_best_half_of_the_batch_sizes_each_round(tmp_path, probed):
     x, y = regression_data()
     result = autobatch.tune(make_model(), (x, y), **small_search(
         tmp_path, probe=probed, tuner="halving"))
     assert result.tuner == "halving"
-    # 6 candidates: all of them on a third of the budget (128 of 384 samples), then the
-    # best 2 of those on all of it.
-    first = [t for t in result.trials if t.budget_samples == 128]
-    second = [t for t in result.trials if t.budget_samples == 384]
-    assert len(result.trials) == 8
-    assert {(t.batch_size, t.steps_per_epoch) for t in first} == {
+    # 3 batch sizes: all 6 candidates on a quarter of the budget (96 of 384 samples), then
+    # every candidate of the best 2 batch sizes on half of it, of the best one on all of it.
+    rounds = [[t for t in result.trials if t.budget_samples == samples]
+              for samples in (96, 192, 384)]
+    assert [len(r) for r in rounds] == [6, 4, 2] and len(result.trials) == 12
+    assert {(t.batch_size, t.steps_per_epoch) for t in rounds[0]} == {
         (16, 4), (16, 8), (32, 2), (32, 4), (64, 1), (64, 2),
     }
-    best_two = sorted(first, key=lambda t: t.val_loss)[:2]
-    assert [(t.batch_size, t.steps_per_epoch) for t in second] == [
-        (t.batch_size, t.steps_per_epoch) for t in best_two
-    ]
-    winner = autobatch.results.ranked_trials(second)[0]
+    for earlier, later, kept in zip(rounds[:2], rounds[1:], (2, 1), strict=True):
+        best = sorted({t.batch_size for t in earlier},
+                      key=lambda b: min(t.val_loss for t in earlier if t.batch_size == b))
+        assert {t.batch_size for t in later} == set(best[:kept])
+        assert all(t.continued_from in {e.trial_id for e in earlier} for t in later)
+    winner = autobatch.results.ranked_trials(result.trials)[0]
     assert (result.batch_size, result.steps_per_epoch) == (winner.batch_size, winner.steps_per_epoch)
     assert all(not key.startswith("tuner/") for t in result.trials for key in t.hyperparameters)
 
@@ -443,13 +448,14 @@ def test_halving_trains_every_candidate_then_the_best_on_the_whole_budget(tmp_pa
 def test_halving_is_the_default_and_trains_one_candidate_per_distinct_fit(tmp_path, probed):
     x, y = regression_data()
     # 128 training samples: at batch 128 a half pass and a whole pass are the same single
-    # step, so that candidate is trained once; 3 candidates make one round, on the budget.
+    # step, so that candidate is trained once; the better batch size then goes on.
     options = small_search(tmp_path, probe=probed, batch_sizes=[16, 128])
     del options["tuner"]
     result = autobatch.tune(make_model(), (x, y), **options)
     assert result.tuner == "halving"
     trained = [(t.batch_size, t.steps_per_epoch, t.budget_samples) for t in result.trials]
-    assert sorted(trained) == [(16, 4, 384), (16, 8, 384), (128, 1, 384)]
+    assert sorted(trained[:3]) == [(16, 4, 192), (16, 8, 192), (128, 1, 192)]
+    assert {t[1:] for t in trained[3:]} in ({(4, 384), (8, 384)}, {(1, 384)})
 
 
 def test_halving_promotes_past_failed_candidates(tmp_path, probed):
@@ -458,9 +464,9 @@ def test_halving_promotes_past_failed_candidates(tmp_path, probed):
         tmp_path, probe=probed, tuner="halving"))
     failed = {t.batch_size for t in result.trials if t.status == "failed"}
     assert failed == {64}
-    # The two failed candidates do not take places in the next round.
-    second = [t for t in result.trials if t.budget_samples == 384]
-    assert len(second) == 2 and all(t.batch_size in (16, 32) for t in second)
+    # The failed batch size takes no place in the next round.
+    second = [t for t in result.trials if t.budget_samples == 192]
+    assert {t.batch_size for t in second} == {16, 32} and len(second) == 4
 
 
 def test_an_interrupted_halving_search_resumes_where_it_stopped(tmp_path, probed):
@@ -478,7 +484,7 @@ def test_an_interrupted_halving_search_resumes_where_it_stopped(tmp_path, probed
         tmp_path / "whole", memory=whole, **options))
     # The two runs of the first round that finished are not trained again.
     assert memory.trial_batch_sizes == whole.trial_batch_sizes[2:]
-    assert len(result.trials) == 8
+    assert len(result.trials) == len(uninterrupted.trials) == 12
     assert [(t.batch_size, t.steps_per_epoch, t.budget_samples) for t in result.trials] == [
         (t.batch_size, t.steps_per_epoch, t.budget_samples) for t in uninterrupted.trials
     ]
