@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from autobatch import errors
 from autobatch._units import format_bytes
-from autobatch.errors import BatchDoesNotFitError, InvalidArgumentError, TrialError
+from autobatch.errors import AutobatchError, BatchDoesNotFitError, InvalidArgumentError, TrialError
 from autobatch.probing.replicas import ReplicaProbeStrategy
 from autobatch.probing.strategy import Observation
 from autobatch.probing.trial import TrialOutcome
@@ -134,9 +133,7 @@ class Workers:
 def _worker_environment() -> dict[str, str]:
     """This environment, with this copy of autobatch first on the path: the worker must run
     the same code as its supervisor (a source checkout, whatever the current directory)."""
-    import autobatch
-
-    root = str(Path(autobatch.__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # holds this copy's autobatch/
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": root if not path else root + os.pathsep + path}
 
@@ -151,9 +148,14 @@ def _parse(done: subprocess.CompletedProcess, batch_size: int) -> WorkerAnswer:
         )
     payload = json.loads(lines[-1][len(MARKER):])
     if "error" in payload:
-        kind = getattr(errors, payload["error"]["type"], TrialError)
-        raise kind(payload["error"]["message"])
+        kinds = {kind.__name__: kind for kind in _error_classes(AutobatchError)}
+        raise kinds.get(payload["error"]["type"], TrialError)(payload["error"]["message"])
     return WorkerAnswer(**payload)
+
+
+def _error_classes(base: type[AutobatchError]) -> list[type[AutobatchError]]:
+    """``base`` and its subclasses, however deep: the errors a worker may report by name."""
+    return [base, *(kind for sub in base.__subclasses__() for kind in _error_classes(sub))]
 
 
 def trial_outcome(answer: WorkerAnswer, batch_size: int) -> TrialOutcome:

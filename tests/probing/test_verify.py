@@ -144,13 +144,13 @@ def test_real_host_probe_reports_what_it_leaves_and_its_answer_trains_in_the_sam
 
 
 def test_a_trial_past_the_limit_is_reported_as_over_the_limit():
-    from autobatch.probing.probe import _trial_record
+    from autobatch.probing.probe import trial_record
 
     strategy = ProbeStrategy(limit_bytes=1000, baseline_bytes=0, margin=0.1, oom_is_catchable=False)
     over = TrialOutcome(64, 1200, 2, 0.01, 0.1, False)
     past_margin = TrialOutcome(32, 950, 2, 0.01, 0.1, False)
-    assert _trial_record(over, True, strategy, Observation(64, 1200)).error == "over the memory limit"
-    assert _trial_record(past_margin, True, strategy, Observation(32, 950)).error == (
+    assert trial_record(over, True, strategy, Observation(64, 1200)).error == "over the memory limit"
+    assert trial_record(past_margin, True, strategy, Observation(32, 950)).error == (
         "above the safety margin"
     )
 
