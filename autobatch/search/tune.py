@@ -152,7 +152,13 @@ def tune(
 
     Returns:
         A `TuneResult`: ``batch_size``, ``steps_per_epoch``, ``epochs``, ``val_loss``, every
-        candidate in ``trials``, and ``fit_kwargs()``.
+        candidate in ``trials``, and ``fit_kwargs()``. For arrays on the TensorFlow backend
+        it also reports the gradient noise scale (``noise_scale``, measured once, on the
+        weights of the search's first training run) and, per batch size, the statistical
+        efficiency it implies and the goodput (throughput x efficiency, as in Pollux) in
+        ``goodput()``, ``tune_goodput.png`` and the summary. These are reported only: in
+        benchmarks/tune_bench.py the batch size of the highest goodput was never the grid's
+        best, so the search ranks candidates on val_loss alone.
 
     Raises:
         InvalidArgumentError, InvalidDataError, InvalidModelError: bad arguments.
@@ -167,6 +173,9 @@ def tune(
         >>> model.fit(x_train, y_train, validation_split=0.2, **result.fit_kwargs())
         >>> quick = autobatch.tune(model, (x_train, y_train), probe=limit, time_budget="10min")
         >>> quick.out_of_time  # True when 10 minutes ran out first: the best so far
+        >>> result.noise_scale, result.goodput()[0]
+        (618.5, {'batch_size': 16, 'samples_per_second': 7696.9, 'statistical_efficiency':
+        1.0, 'goodput': 7696.9})
     """
     import keras_tuner
 
