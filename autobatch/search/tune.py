@@ -99,9 +99,9 @@ def tune(
             validation_split=0.2, **result.fit_kwargs())`` validates on the same samples
             (shuffle arrays sorted by class or time first). Your arrays are not modified.
         tuner: "halving" (the default: successive halving over every candidate, a third
-            kept each round; in benchmarks/tune_bench.py its best val_loss was within 0.9%
-            and 1.9% of the grid's on average, 5.7% at worst, at 0.42 and 0.75 of the
-            grid's time), "hyperband" (keras-tuner's), "bayesian", "random"
+            kept each round; in benchmarks/tune_bench.py its best val_loss was within 0.9%,
+            1.9% and 0.0% of the grid's on average over its three tasks, 5.7% at worst, at
+            0.44 to 0.66 of the grid's time), "hyperband" (keras-tuner's), "bayesian", "random"
             or "grid" (exhaustive). With a HyperModel, "halving" runs Hyperband, and
             Hyperband on a space of fewer than 5 candidates runs the grid instead.
         batch_sizes: Batch sizes to try instead of the default; those above the probed
