@@ -40,14 +40,17 @@ def plot_probe(result: ProbeResult, directory: str | Path) -> list[Path]:
 
 
 def plot_tune(result: TuneResult, directory: str | Path) -> list[Path]:
-    """Write ``tune_val_loss.png``, ``tune_learning_curves.png`` and, when the result holds
-    its probe, the two probe plots; return their paths."""
+    """Write ``tune_val_loss.png``, ``tune_learning_curves.png``, ``tune_goodput.png`` when
+    the gradient noise scale was measured, and, when the result holds its probe, the two
+    probe plots; return their paths."""
     figure_class = _figure_class()
     directory = _prepared(directory)
     paths = [
         _save(_tune_val_loss(figure_class, result), directory / "tune_val_loss.png"),
         _save(_tune_curves(figure_class, result), directory / "tune_learning_curves.png"),
     ]
+    if any(row["statistical_efficiency"] is not None for row in result.goodput()):
+        paths.append(_save(_tune_goodput(figure_class, result), directory / "tune_goodput.png"))
     if result.probe is not None:
         paths += plot_probe(result.probe, directory)
     return paths
@@ -335,4 +338,41 @@ def _tune_curves(figure_class: Any, result: TuneResult) -> Any:
     axes.set_ylabel("validation loss")
     axes.set_title(f"Learning curves of the {len(best)} best candidates", fontsize=10)
     axes.grid(alpha=0.3)
+    return figure
+
+
+def _tune_goodput(figure_class: Any, result: TuneResult) -> Any:
+    """Statistical efficiency (left), and throughput and goodput (right), per batch size."""
+    rows = result.goodput()
+    figure = figure_class(figsize=(_SIZE[0] + 3.0, _SIZE[1]), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    sizes = [r["batch_size"] for r in rows]
+    left.plot(sizes, [r["statistical_efficiency"] for r in rows], marker="o", color="C2")
+    left.set_ylim(0, 1.05)
+    left.set_ylabel(f"statistical efficiency (1 at batch {sizes[0]})")
+    spread = (
+        "" if result.noise_scale_standard_error is None
+        else f" +- {result.noise_scale_standard_error:.3g}"
+    )
+    noise = "no signal" if result.noise_scale is None else f"{result.noise_scale:.3g}{spread}"
+    left.set_title(f"Efficiency at B_noise = {noise}", fontsize=10)
+    measured = [r for r in rows if r["goodput"] is not None]
+    if measured:
+        right.plot([r["batch_size"] for r in measured],
+                   [r["samples_per_second"] for r in measured], marker="o", label="throughput")
+        right.plot([r["batch_size"] for r in measured], [r["goodput"] for r in measured],
+                   marker="s", label="goodput = throughput x efficiency")
+        best = max(measured, key=lambda r: r["goodput"])
+        right.axvline(best["batch_size"], color="0.6", linestyle=":", zorder=1)
+        right.set_yscale("log")
+        right.legend(fontsize=8)
+    right.set_ylabel("training samples per second")
+    right.set_title("Throughput measured by the candidates, and goodput", fontsize=10)
+    for axes in (left, right):
+        axes.set_xscale("log", base=2)
+        axes.set_xlabel("batch size")
+        axes.grid(alpha=0.3)
+    if result.batch_size in sizes:
+        left.axvline(result.batch_size, color="C3", linestyle="--", label="tune's choice")
+        left.legend(fontsize=8)
     return figure

@@ -408,7 +408,39 @@ def tune_summary(result: Any) -> str:
         )
     if result.probe is not None:
         text += " " + _headroom(result.probe, result.batch_size)
+    noise = _noise_scale_sentence(result)
+    if noise:
+        text += " " + noise
     return text + " Use model.fit(..., **result.fit_kwargs())."
+
+
+def _noise_scale_sentence(result: Any) -> str:
+    """The gradient noise scale, what it implies at the largest batch, and the batch of the
+    highest goodput; empty for a result without those fields (an older JSON)."""
+    status = getattr(result, "noise_scale_status", None)
+    if status is None:
+        return ""
+    if result.noise_scale is None:
+        return f"Gradient noise scale: {status}."
+    error = result.noise_scale_standard_error
+    spread = "" if error is None else f" +- {error:.3g}"
+    text = f"Gradient noise scale (after the first run): B_noise ~ {result.noise_scale:.3g}{spread}"
+    rows = result.goodput()
+    if len(rows) >= 2:
+        smallest, largest = rows[0], rows[-1]
+        text += (
+            f"; a sample at batch {largest['batch_size']} does "
+            f"{100 * largest['statistical_efficiency']:.0f}% of what it does at "
+            f"{smallest['batch_size']}"
+        )
+        scored = [r for r in rows if r["goodput"] is not None]
+        if scored:
+            top = max(scored, key=lambda r: r["goodput"])
+            text += (
+                f"; highest goodput (throughput x efficiency) at batch {top['batch_size']}, "
+                f"{top['goodput']:,.0f} samples/s"
+            )
+    return text + "."
 
 
 def console_for(*, stderr: bool) -> Any:

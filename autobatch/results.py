@@ -335,6 +335,59 @@ class TuneResult(_JsonMixin):
     time_budget: float | None = None
     """The whole search's time budget in seconds; None without one."""
 
+    noise_scale: float | None = None
+    """The gradient noise scale B_noise = tr(Sigma) / |G|^2 in samples (McCandlish et al.
+    2018), measured once per search on the weights of its first training run (see
+    `autobatch.search.noise_scale.search_estimator`); about the critical batch size, past
+    which a larger batch mostly wastes samples. None when not measured or when no signal was
+    found (``noise_scale_status`` says which)."""
+    noise_scale_standard_error: float | None = None
+    noise_scale_status: str = "not measured"
+    """"measured", "no signal: ..." or "not measured: <why>"."""
+    noise_scale_seconds: float | None = None
+    """What the measurement cost (forward and backward passes, no optimizer step)."""
+
+    def statistical_efficiency(self, batch_size: int) -> float | None:
+        """The share of a training sample's progress kept at ``batch_size``, relative to the
+        smallest batch searched: (B_noise + B_min) / (B_noise + B), Pollux's statistical
+        efficiency (Qiao et al. 2021). 1 at the smallest batch, 1 everywhere when no signal
+        was found; None when the noise scale was not measured.
+
+        Example:
+            >>> result.statistical_efficiency(512)   # 0.2: a sample at 512 does a fifth
+        """
+        if self.noise_scale is None:
+            return 1.0 if self.noise_scale_status.startswith("no signal") else None
+        base = min(t.batch_size for t in self.trials)
+        return (self.noise_scale + base) / (self.noise_scale + batch_size)
+
+    def goodput(self) -> list[dict[str, Any]]:
+        """Per batch size searched: the training throughput the candidates measured (median
+        samples per second), the statistical efficiency and their product, Pollux's goodput
+        (useful samples per second, counted at the smallest batch's efficiency). Efficiency
+        and goodput are None when the noise scale was not measured.
+
+        Example:
+            >>> max(result.goodput(), key=lambda row: row["goodput"] or 0)["batch_size"]
+        """
+        speeds: dict[int, list[float]] = {}
+        for trial in self.trials:
+            if trial.samples_per_second and trial.same_as is None and trial.shared_run is None:
+                speeds.setdefault(trial.batch_size, []).append(trial.samples_per_second)
+        rows = []
+        for batch_size in sorted({t.batch_size for t in self.trials}):
+            measured = speeds.get(batch_size)
+            throughput = sorted(measured)[len(measured) // 2] if measured else None
+            efficiency = self.statistical_efficiency(batch_size)
+            rows.append({
+                "batch_size": batch_size,
+                "samples_per_second": throughput,
+                "statistical_efficiency": efficiency,
+                "goodput": None if throughput is None or efficiency is None
+                else throughput * efficiency,
+            })
+        return rows
+
     def ranked_trials(self) -> list[TuneTrial]:
         """One trial per distinct candidate, the winner first (see `ranked_trials`)."""
         return ranked_trials(self.trials)
@@ -351,6 +404,8 @@ class TuneResult(_JsonMixin):
         data = dataclasses.asdict(self)
         data["probe"] = None if self.probe is None else self.probe.to_dict()
         data["kind"] = "tune"
+        # Derived, for readers of the JSON; from_dict recomputes it from the fields above.
+        data["goodput"] = self.goodput()
         return data
 
     @classmethod

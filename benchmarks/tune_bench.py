@@ -1,16 +1,23 @@
-"""autobatch.tune against an exhaustive grid, Keras Tuner's RandomSearch and the Keras default.
+"""autobatch.tune against an exhaustive grid (and, asked, Keras Tuner's RandomSearch) and the Keras default.
 
-Two small real tasks bundled with scikit-learn (no downloads): ``digits`` (1,797 8x8 images,
-10 classes) and ``breast_cancer`` (569 samples, 30 features, 2 classes), each with a small
-Keras MLP and a fixed, stratified 80/20 train/validation split. For each task and seed:
+Three small real tasks bundled with scikit-learn (no downloads), each with a fixed,
+stratified 80/20 train/validation split: ``digits`` (1,797 8x8 images, 10 classes, a Keras
+MLP), ``breast_cancer`` (569 samples, 30 features, 2 classes, an MLP) and
+``noisy_digits_cnn`` (the digits as 8x8 images, a 2k-parameter CNN, 30% of the training
+labels replaced by random ones, clean validation labels: a task where the batch size
+matters strongly, val_loss 0.51 at batch 16 and 1.52 at a full-batch 1437 on one seed).
+For each task and seed:
 
 - **tune**: ``autobatch.tune(model, (x, y), validation_data=...)`` with its defaults
   (successive halving over every candidate; the budget of training samples is tune's default
   budget; early stopping after 2 passes over the data without a better val_loss);
 - **grid**: the same call with ``tuner="grid"``: every candidate of the same space on the
   same budget, the exhaustive reference;
-- **random**: ``keras_tuner.RandomSearch`` written as a user would, over the same space with
-  the same per-candidate budget and early stopping, given as many trials as tune ran;
+- **random** (with ``--random`` only): ``keras_tuner.RandomSearch`` written as a user would,
+  over the same space with the same per-candidate budget and early stopping, given as many
+  trials as tune ran. Off by default: it took 2,727 of the 3,328 s of the last two-task run
+  (it trains every candidate separately: 8 to 17 times the grid's time), and the three-task
+  run must fit in an hour on 2 shared cores;
 - **Keras default**: ``model.fit(batch_size=32, epochs=E)``, E full epochs making the same
   budget of training samples.
 
@@ -20,9 +27,19 @@ training samples. Then the judging check: a fresh model trained with ``tune``'s
 The probe runs once per task and its result is passed to both tune and grid, so neither
 time includes it (it is reported apart).
 
+Then the gradient noise scale: tune measures B_noise once per search and reports the
+statistical efficiency and goodput (throughput x efficiency, Pollux's) per batch size. The
+goodput table asks whether goodput could pick or prune candidates: from the grid's run
+(every candidate's throughput measured), the batch size of the highest goodput, the grid's
+best val_loss at that batch size against its best overall, and whether the winner's batch
+size is among goodput's top three.
+
+The JSON is rewritten after each task, so a run cut short keeps the tasks it finished.
+
 Run:
     nice -n 10 python -m benchmarks.tune_bench --quick   # breast_cancer, one seed
-    nice -n 10 python -m benchmarks.tune_bench           # both tasks, seeds 0 1 2
+    nice -n 10 python -m benchmarks.tune_bench           # all three tasks, seeds 0 1 2
+    nice -n 10 python -m benchmarks.tune_bench --random  # ... and RandomSearch (hours)
 """
 
 from __future__ import annotations
@@ -60,21 +77,40 @@ class Task:
     num_classes: int
 
     def build(self, seed: int) -> Any:
-        """A fresh compiled MLP with the seed's initial weights."""
+        """A fresh compiled model (an MLP, or a small CNN for image tasks) with the seed's
+        initial weights."""
         import keras
 
         keras.utils.set_random_seed(seed)
-        model = keras.Sequential(
-            [
+        if self.x_train.ndim == 4:  # images: two small convolutions, then the classifier
+            body = [
+                keras.Input(self.x_train.shape[1:]),
+                keras.layers.Conv2D(self.hidden, 3, padding="same", activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Conv2D(self.hidden, 3, padding="same", activation="relu"),
+                keras.layers.Flatten(),
+            ]
+            kind = "cnn"
+        else:
+            body = [
                 keras.Input((self.x_train.shape[1],)),
                 keras.layers.Dense(self.hidden, activation="relu"),
                 keras.layers.Dense(self.hidden, activation="relu"),
-                keras.layers.Dense(self.num_classes, activation="softmax"),
-            ],
-            name=f"{self.name}_mlp",
+            ]
+            kind = "mlp"
+        model = keras.Sequential(
+            [*body, keras.layers.Dense(self.num_classes, activation="softmax")],
+            name=f"{self.name}_{kind}",
         )
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         return model
+
+
+TASKS = ("digits", "breast_cancer", "noisy_digits_cnn")
+#: noisy_digits_cnn: this share of the training labels is replaced by a random class (the
+#: validation labels are clean). Noisy labels make the batch size matter: small batches
+#: fit the noise sooner, large ones average it out but take few steps.
+LABEL_NOISE = 0.3
 
 
 def load_task(name: str) -> Task:
@@ -82,11 +118,21 @@ def load_task(name: str) -> Task:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    loader = {"digits": datasets.load_digits, "breast_cancer": datasets.load_breast_cancer}[name]
+    loader = {"digits": datasets.load_digits, "breast_cancer": datasets.load_breast_cancer,
+              "noisy_digits_cnn": datasets.load_digits}[name]
     x, y = loader(return_X_y=True)
     x_train, x_val, y_train, y_val = train_test_split(
         x.astype("float32"), y.astype("int32"), test_size=0.2, stratify=y, random_state=0
     )
+    num_classes = int(y.max()) + 1
+    if name == "noisy_digits_cnn":
+        # The 8x8 images as images, pixels 0..16 scaled to 0..1; a fixed set of labels
+        # replaced (the same for every seed: the task is fixed, the seed moves the weights).
+        rng = np.random.default_rng(0)
+        flipped = rng.random(len(y_train)) < LABEL_NOISE
+        y_train = np.where(flipped, rng.integers(0, num_classes, len(y_train)), y_train)
+        return Task(name, (x_train / 16).reshape(-1, 8, 8, 1), y_train.astype("int32"),
+                    (x_val / 16).reshape(-1, 8, 8, 1), y_val, 8, num_classes)
     scaler = StandardScaler().fit(x_train)
     hidden = {"digits": 64, "breast_cancer": 32}[name]
     return Task(
@@ -96,7 +142,7 @@ def load_task(name: str) -> Task:
         scaler.transform(x_val).astype("float32"),
         y_val,
         hidden,
-        int(y.max()) + 1,
+        num_classes,
     )
 
 
@@ -231,7 +277,9 @@ def retrain(task: Task, seed: int, fit_kwargs: dict[str, int]) -> dict[str, Any]
             "seconds": time.perf_counter() - started}
 
 
-def bench_task(name: str, seeds: list[int], note: Callable[[str], None]) -> dict[str, Any]:
+def bench_task(
+    name: str, seeds: list[int], note: Callable[[str], None], with_random: bool = False
+) -> dict[str, Any]:
     import autobatch
 
     task = load_task(name)
@@ -248,15 +296,19 @@ def bench_task(name: str, seeds: list[int], note: Callable[[str], None]) -> dict
         note(f"{name} seed {seed}: tune {ours['best_val_loss']:.4f} in {ours['seconds']:.0f} s, "
              f"{ours['num_trials']} trials, {ours['fit_kwargs']}")
         budget = grid["result"]["budget_samples"]
-        random = run_random_search(task, seed, batch_sizes, ours["num_trials"], budget)
-        note(f"{name} seed {seed}: random {random['best_val_loss']:.4f} in {random['seconds']:.0f} s")
-        default = run_keras_default(task, seed, budget)
+        run = {"seed": seed, "grid": grid, "tune": ours}
+        if with_random:
+            run["random"] = run_random_search(task, seed, batch_sizes, ours["num_trials"], budget)
+            note(f"{name} seed {seed}: random {run['random']['best_val_loss']:.4f} in "
+                 f"{run['random']['seconds']:.0f} s")
+        run["keras_default"] = run_keras_default(task, seed, budget)
         again = retrain(task, seed, ours["fit_kwargs"])
         again["vs_tune"] = again["final_val_loss"] / ours["best_val_loss"] - 1
         note(f"{name} seed {seed}: retrained at tune's fit_kwargs: {again['final_val_loss']:.4f} "
-             f"(tune said {ours['best_val_loss']:.4f})")
-        runs.append({"seed": seed, "grid": grid, "tune": ours, "random": random,
-                     "keras_default": default, "retrain": again})
+             f"(tune said {ours['best_val_loss']:.4f}); B_noise "
+             f"{ours['result']['noise_scale_status']}: {ours['result']['noise_scale']}")
+        run["retrain"] = again
+        runs.append(run)
     return {
         "task": name,
         "num_train": len(task.x_train),
@@ -282,6 +334,8 @@ def rows_for(entry: dict[str, Any]) -> list[dict[str, Any]]:
     """Mean over seeds, per method; regret and time are against the grid of the same seed."""
     rows = []
     for key, label in METHODS:
+        if key not in entry["runs"][0]:
+            continue
         regrets = [r[key]["best_val_loss"] / r["grid"]["best_val_loss"] - 1 for r in entry["runs"]]
         times = [r[key]["seconds"] / r["grid"]["seconds"] for r in entry["runs"]]
         rows.append(
@@ -341,11 +395,61 @@ def verdict(entry: dict[str, Any]) -> str:
     )
 
 
+def goodput_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per seed: tune's B_noise, and whether the grid run's goodput points at its winner."""
+    rows = []
+    for run in entry["runs"]:
+        grid, ours = run["grid"]["result"], run["tune"]["result"]
+        scored = [r for r in grid["goodput"] if r["goodput"] is not None]
+        best_at: dict[int, float] = {}
+        for trial in grid["trials"]:
+            if trial["val_loss"] is not None:
+                size = trial["batch_size"]
+                best_at[size] = min(best_at.get(size, math.inf), trial["val_loss"])
+        top = sorted(scored, key=lambda r: -r["goodput"])
+        pick = top[0]["batch_size"] if top else None
+        rows.append({
+            "seed": run["seed"],
+            "tune_noise_scale": ours["noise_scale"],
+            "tune_noise_scale_standard_error": ours["noise_scale_standard_error"],
+            "tune_noise_scale_seconds": ours["noise_scale_seconds"],
+            "grid_noise_scale": grid["noise_scale"],
+            "grid_winner_batch_size": grid["batch_size"],
+            "goodput_batch_size": pick,
+            "regret_at_goodput_batch": None if pick is None
+            else best_at[pick] / grid["val_loss"] - 1,
+            "winner_in_goodput_top3": grid["batch_size"] in [r["batch_size"] for r in top[:3]],
+        })
+    return rows
+
+
+def goodput_table(entry: dict[str, Any]) -> str:
+    def number(value: float | None, spread: float | None = None) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.0f}" + ("" if spread is None else f" +- {spread:.0f}")
+
+    return _common.markdown_table(
+        ["seed", "tune's B_noise", "seconds", "grid's B_noise", "grid winner's batch",
+         "goodput's batch", "regret at goodput's batch", "winner in goodput's top 3"],
+        [
+            [r["seed"], number(r["tune_noise_scale"], r["tune_noise_scale_standard_error"]),
+             r["tune_noise_scale_seconds"], number(r["grid_noise_scale"]),
+             r["grid_winner_batch_size"], r["goodput_batch_size"],
+             _percent(r["regret_at_goodput_batch"]), "yes" if r["winner_in_goodput_top3"]
+             else "no"]
+            for r in goodput_rows(entry)
+        ],
+    )
+
+
 def plot(entries: list[dict[str, Any]], directory: Any, stem: str) -> Any:
     plt = _common.pyplot()
     figure, axes = plt.subplots(1, len(entries), figsize=(5.5 * len(entries), 4), squeeze=False)
     for axis, entry in zip(axes[0], entries, strict=True):
         for index, (key, label) in enumerate(METHODS):
+            if key not in entry["runs"][0]:
+                continue
             points = [(r[key]["seconds"], r[key]["best_val_loss"]) for r in entry["runs"]]
             axis.scatter(*zip(*points, strict=True), label=label, color=f"C{index}", s=40)
         axis.set_xscale("log")
@@ -358,10 +462,12 @@ def plot(entries: list[dict[str, Any]], directory: Any, stem: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _common.base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", choices=["digits", "breast_cancer"])
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS))
     parser.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2 (quick: 0)")
+    parser.add_argument("--random", action="store_true",
+                        help="also run keras_tuner.RandomSearch (10-25x the grid's time)")
     args = parser.parse_args(argv)
-    tasks = args.tasks or (["breast_cancer"] if args.quick else ["digits", "breast_cancer"])
+    tasks = args.tasks or (["breast_cancer"] if args.quick else list(TASKS))
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     _common.prepare_environment()
 
@@ -372,17 +478,21 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     meta = _common.run_metadata("quick" if args.quick else "full")
-    entries = [bench_task(name, seeds, note) for name in tasks]
     stem = _common.result_stem("tune_bench", args.quick)
-    payload = {
-        "benchmark": "tune_bench",
-        "meta": meta,
-        "settings": {"tasks": tasks, "seeds": seeds, "patience_passes": patience_passes(),
-                     "epoch_fractions": list(EPOCH_FRACTIONS)},
-        "tasks": entries,
-        "seconds": time.perf_counter() - started,
-    }
-    path = _common.write_json(args.results_dir, stem, payload)
+    entries: list[dict[str, Any]] = []
+    for name in tasks:
+        entries.append(bench_task(name, seeds, note, with_random=args.random))
+        payload = {
+            "benchmark": "tune_bench",
+            "meta": meta,
+            "settings": {"tasks": tasks, "seeds": seeds, "patience_passes": patience_passes(),
+                         "epoch_fractions": list(EPOCH_FRACTIONS), "random": args.random,
+                         "label_noise": LABEL_NOISE},
+            "tasks": entries,
+            "finished_tasks": len(entries),
+            "seconds": time.perf_counter() - started,
+        }
+        path = _common.write_json(args.results_dir, stem, payload)
     print(f"## Tune benchmark ({meta['mode']}): {meta['device']['cpu']}, seeds {seeds}\n")
     for entry in entries:
         print(f"### {entry['task']}: {entry['num_train']} train / {entry['num_val']} validation "
@@ -390,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
               f"steps_per_epoch fractions {entry['epoch_fractions']})\n")
         print(table(entry))
         print(f"\n{verdict(entry)}\n")
+        print(goodput_table(entry) + "\n")
     print(f"JSON: {path}")
     if not args.no_plots:
         print(f"plot: {plot(entries, args.results_dir, stem)}")

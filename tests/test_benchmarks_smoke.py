@@ -1,7 +1,7 @@
 """The benchmarks' pure logic: peer strategies, simulated curves, the true-max search, tables.
 
-No training here: every oracle is an exact memory curve, so each test runs in milliseconds
-and the right answer is known.
+No training here but one 64-sample epoch of tune_bench's CNN: every oracle is an exact memory
+curve, so each test runs in milliseconds and the right answer is known.
 """
 
 import math
@@ -191,3 +191,57 @@ def test_gpu_check_dry_run_prints_valid_commands_for_both_backends():
             for line in lines
         )
         assert any(f"benchmarks/results/gpu-{backend}" in line for line in lines)
+
+
+def test_tune_bench_noisy_digits_cnn_is_images_with_noisy_training_labels_only():
+    from benchmarks import tune_bench
+
+    digits, noisy = tune_bench.load_task("digits"), tune_bench.load_task("noisy_digits_cnn")
+    assert noisy.x_train.shape == (1437, 8, 8, 1) and noisy.x_val.shape == (360, 8, 8, 1)
+    assert 0 <= noisy.x_train.min() and noisy.x_train.max() <= 1
+    assert (noisy.y_val == digits.y_val).all()  # validation is clean
+    changed = (noisy.y_train != digits.y_train).mean()  # 30% replaced, a tenth by themselves
+    assert 0.23 < changed < 0.31, changed
+    model = noisy.build(0)
+    assert model.name == "noisy_digits_cnn_cnn" and model.count_params() < 3000
+    history = model.fit(noisy.x_train[:64], noisy.y_train[:64], epochs=1, verbose=0)
+    assert math.isfinite(history.history["loss"][0])
+
+
+def _tune_bench_run(seed, grid_best, pick_loss):
+    """A run entry as bench_task writes it, without RandomSearch."""
+    def trial(batch_size, val_loss):
+        return {"batch_size": batch_size, "val_loss": val_loss}
+
+    goodput = [{"batch_size": 16, "goodput": 100.0}, {"batch_size": 64, "goodput": 300.0},
+               {"batch_size": 256, "goodput": 200.0}]
+    grid = {"batch_size": 16, "val_loss": grid_best, "noise_scale": 500.0, "goodput": goodput,
+            "trials": [trial(16, grid_best), trial(64, pick_loss), trial(64, pick_loss + 1),
+                       trial(256, None)]}
+    ours = {"noise_scale": 400.0, "noise_scale_standard_error": 40.0,
+            "noise_scale_seconds": 0.5}
+
+    def method(loss, seconds):
+        return {"best_val_loss": loss, "seconds": seconds, "num_trials": 3, "samples": 10}
+
+    return {"seed": seed, "grid": {**method(grid_best, 10.0), "result": grid},
+            "tune": {**method(grid_best * 1.01, 3.0), "result": ours},
+            "keras_default": method(grid_best * 2, 1.0),
+            "retrain": {"final_val_loss": grid_best, "seconds": 1.0, "vs_tune": -0.01}}
+
+
+def test_tune_bench_goodput_check_and_tables_without_random_search():
+    from benchmarks import tune_bench
+
+    entry = {"task": "t", "runs": [_tune_bench_run(0, 0.5, 0.6), _tune_bench_run(1, 0.4, 0.4)]}
+
+    rows = tune_bench.goodput_rows(entry)
+
+    assert [r["goodput_batch_size"] for r in rows] == [64, 64]
+    assert rows[0]["regret_at_goodput_batch"] == pytest.approx(0.2)  # 0.6 / 0.5 - 1
+    assert rows[1]["regret_at_goodput_batch"] == pytest.approx(0.0)
+    assert all(r["winner_in_goodput_top3"] for r in rows)
+    assert "| 0 | 400 +- 40 |" in tune_bench.goodput_table(entry)
+    text = tune_bench.table(entry)
+    assert "RandomSearch" not in text and "autobatch.tune (halving)" in text
+    assert "+1.0%" in text  # tune's regret vs the grid

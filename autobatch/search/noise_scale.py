@@ -457,3 +457,69 @@ def _is_positive_number(value: Any) -> bool:
 
 def _is_whole_number(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)
+
+
+#: Where a search keeps its noise-scale measurement, in its project directory: a resumed
+#: search reads it instead of measuring again.
+SEARCH_FILE = "noise_scale.json"
+
+
+def search_estimator(x: Any, y: Any, path: str | None = None, *, seed: int = 0) -> Any:
+    """A Keras callback that measures the noise scale once per search, when the first
+    training run of the search ends (on its trained weights), and writes it to ``path``.
+
+    Estimating on trained weights rather than the initial ones matters: the noise scale
+    grows as the loss falls (McCandlish et al., section 3). The first run
+    is the one successive halving always trains (the smallest batch, on round 1's share of
+    the budget), so the measurement is taken at the same point of every search. A run whose
+    measurement fails (diverged weights) leaves it to the next; the reason of the last
+    failure is kept as ``error``. The callback runs on the search's model, which the search
+    puts back as the caller had it afterwards; the estimator itself changes nothing
+    (see `GradientNormMeter`). ``path`` may be set after construction.
+
+    Example:
+        >>> estimator = search_estimator(x_train, y_train, "project/noise_scale.json")
+        >>> model.fit(x_train, y_train, callbacks=[estimator])
+        >>> estimator.estimate.noise_scale
+    """
+    import json
+    import os
+
+    import keras
+
+    class SearchNoiseScale(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.path = path
+            self.estimate: NoiseScaleEstimate | None = None
+            self.error: str | None = None
+
+        def on_train_end(self, logs: Any = None) -> None:
+            if self.estimate is not None or (self.path and os.path.exists(self.path)):
+                return
+            try:
+                self.estimate = estimate_noise_scale(self.model, x, y, seed=seed)
+            # Why so broad: the measurement is a report, never a reason to fail the search
+            # (a custom train_step, a loss the meter cannot differentiate, NaN weights).
+            except Exception as error:  # noqa: BLE001
+                self.error = f"{type(error).__name__}: {error}"[:300]
+                return
+            if self.path:
+                with open(self.path + ".tmp", "w", encoding="utf-8") as file:
+                    json.dump(self.estimate.to_dict(), file)
+                os.replace(self.path + ".tmp", self.path)
+
+    return SearchNoiseScale()
+
+
+def load_search_estimate(path: str) -> NoiseScaleEstimate | None:
+    """The estimate `search_estimator` wrote to ``path``; None when there is none."""
+    import json
+    import os
+
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as file:
+        data = json.load(file)
+    known = {f.name for f in dataclasses.fields(NoiseScaleEstimate)}
+    return NoiseScaleEstimate(**{k: v for k, v in data.items() if k in known})

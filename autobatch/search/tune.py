@@ -158,7 +158,13 @@ def tune(
 
     Returns:
         A `TuneResult`: ``batch_size``, ``steps_per_epoch``, ``epochs``, ``val_loss``, every
-        candidate in ``trials``, and ``fit_kwargs()``.
+        candidate in ``trials``, and ``fit_kwargs()``. For arrays on the TensorFlow backend
+        it also reports the gradient noise scale (``noise_scale``, measured once, on the
+        weights of the search's first training run) and, per batch size, the statistical
+        efficiency it implies and the goodput (throughput x efficiency, as in Pollux) in
+        ``goodput()``, ``tune_goodput.png`` and the summary. These are reported only: in
+        benchmarks/tune_bench.py the batch size of the highest goodput was never the grid's
+        best, so the search ranks candidates on val_loss alone.
 
     Raises:
         InvalidArgumentError, InvalidDataError, InvalidModelError: bad arguments.
@@ -173,6 +179,9 @@ def tune(
         >>> model.fit(x_train, y_train, validation_split=0.2, **result.fit_kwargs())
         >>> quick = autobatch.tune(model, (x_train, y_train), probe=limit, time_budget="10min")
         >>> quick.out_of_time  # True when 10 minutes ran out first: the best so far
+        >>> result.noise_scale, result.goodput()[0]
+        (618.5, {'batch_size': 16, 'samples_per_second': 7696.9, 'statistical_efficiency':
+        1.0, 'goodput': 7696.9})
     """
     import keras_tuner
 
@@ -211,13 +220,14 @@ def tune(
             "search_version": 3,
             "validation": "given" if validation_data is not None else validation_split,
         }
+        noise = _NoiseScale(train, seed)
         search = _search(
             plan, model, user_hypermodel, train, validation, settings=settings, memory=memory,
             min_delta=min_delta, lr_scaling=lr_scaling,
             reference_batch_size=reference_batch_size, seed=seed, directory=directory,
             overwrite=overwrite,
             deadline=None if seconds_budget is None else started + seconds_budget,
-            callbacks=list(callbacks or []), verbose=verbose,
+            callbacks=list(callbacks or []), verbose=verbose, noise=noise,
         )
         records = search.records() + search.cut_records
 
@@ -232,7 +242,7 @@ def tune(
         seconds=time.perf_counter() - started, directory=search.project_dir,
         versions=library_versions(),
         validation_split=None if validation_data is not None else validation_split,
-        out_of_time=search.out_of_time, time_budget=seconds_budget,
+        out_of_time=search.out_of_time, time_budget=seconds_budget, noise=noise.result(),
     )
     search.progress.done(result)
     return result
@@ -365,7 +375,7 @@ def _search(
     validation: TrainingData, *, settings: dict[str, Any], memory: MemoryBackend,
     min_delta: float, lr_scaling: str | None, reference_batch_size: int, seed: int | None,
     directory: str | Path | None, overwrite: bool, deadline: float | None,
-    callbacks: list[Any], verbose: int,
+    callbacks: list[Any], verbose: int, noise: _NoiseScale,
 ) -> Any:
     """Run (or resume) the keras-tuner search of ``plan``; return the finished BatchTuner,
     its progress display as ``.progress``."""
@@ -401,8 +411,9 @@ def _search(
             directory=str(directory), project_name=name,
             # A worker never deletes the project: it is the chief's (and other workers').
             overwrite=overwrite and distributed.role() != "worker", deadline=deadline,
-            callbacks=callbacks,
+            callbacks=callbacks + noise.callbacks(),
         )
+    noise.keep_in(search.project_dir)
     search.oracle.verbose = 0  # silence keras-tuner's Display: progress is ours
     search.progress = progress
     try:
@@ -417,6 +428,56 @@ def _search(
             f"size. The trials so far are kept in {search.project_dir}."
         ) from error.__cause__
     return search
+
+
+class _NoiseScale:
+    """The search's one measurement of the gradient noise scale (see
+    `autobatch.search.noise_scale.search_estimator`): taken when the first training run
+    ends, kept in the project directory so a resumed search does not measure again.
+
+    Arrays only (it draws samples with replacement) and the TensorFlow backend only; the
+    result then says why it was not measured.
+    """
+
+    def __init__(self, train: TrainingData, seed: int | None) -> None:
+        import keras
+
+        from autobatch.search.noise_scale import search_estimator
+
+        self.estimator: Any = None
+        self.path: str | None = None
+        self.reason: str | None = None
+        if keras.backend.backend() != "tensorflow":
+            self.reason = "needs the TensorFlow backend"
+        elif not isinstance(train, ArrayData):
+            self.reason = "needs array data"
+        else:
+            self.estimator = search_estimator(train.x, train.y, seed=seed or 0)
+
+    def callbacks(self) -> list[Any]:
+        return [] if self.estimator is None else [self.estimator]
+
+    def keep_in(self, project_dir: str) -> None:
+        from autobatch.search.noise_scale import SEARCH_FILE
+
+        self.path = str(Path(project_dir) / SEARCH_FILE)
+        if self.estimator is not None:
+            self.estimator.path = self.path
+
+    def result(self) -> tuple[Any, str]:
+        """(the `NoiseScaleEstimate` or None, a status for `TuneResult.noise_scale_status`)."""
+        from autobatch.search.noise_scale import load_search_estimate
+
+        if self.estimator is None:
+            return None, f"not measured: {self.reason}"
+        estimate = self.estimator.estimate
+        if estimate is None and self.path is not None:
+            estimate = load_search_estimate(self.path)
+        if estimate is None:
+            return None, f"not measured: {self.estimator.error or 'no training run ended'}"
+        if math.isinf(estimate.noise_scale) or math.isnan(estimate.noise_scale):
+            return estimate, "no signal: the gradient was lost in the noise"
+        return estimate, "measured"
 
 
 def _expected_trials(
@@ -647,6 +708,7 @@ def _result(
     records: list[TuneTrial], *, probe: ProbeResult, tuner: str, budget: Any,
     lr_scaling: str | None, seconds: float, directory: str, versions: dict[str, str],
     validation_split: float | None, out_of_time: bool = False, time_budget: float | None = None,
+    noise: tuple[Any, str] = (None, "not measured"),
 ) -> TuneResult:
     ranked = ranked_trials(records)
     best = ranked[0] if ranked else None
@@ -671,7 +733,23 @@ def _result(
         validation_split=validation_split,
         out_of_time=out_of_time,
         time_budget=time_budget,
+        **_noise_fields(*noise),
     )
+
+
+def _noise_fields(estimate: Any, status: str) -> dict[str, Any]:
+    """TuneResult's noise-scale fields; plain finite numbers or None, so its JSON is strict."""
+    def finite(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    if estimate is None:
+        return {"noise_scale_status": status}
+    return {
+        "noise_scale": finite(estimate.noise_scale),
+        "noise_scale_standard_error": finite(estimate.standard_error),
+        "noise_scale_status": status,
+        "noise_scale_seconds": estimate.seconds,
+    }
 
 
 def _all_failed_message(records: list[TuneTrial], directory: str) -> str:
