@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 from autobatch._units import format_bytes
 from autobatch.errors import AutobatchError, BatchDoesNotFitError, InvalidArgumentError, TrialError
+from autobatch.probing.answer import build_result, trial_record, verified_answer
 from autobatch.probing.replicas import ReplicaProbeStrategy
 from autobatch.probing.strategy import Observation
 from autobatch.probing.trial import TrialOutcome
@@ -217,7 +218,6 @@ def probe_in_workers(
     """`autobatch.probe` with each trial and verification in a new process (see the module)."""
     from autobatch import report
     from autobatch.memory.host import HostMemory
-    from autobatch.probing.probe import build_result, trial_record, verified_answer
 
     started = time.perf_counter()
     own_memory = HostMemory()

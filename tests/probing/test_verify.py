@@ -144,7 +144,7 @@ def test_real_host_probe_reports_what_it_leaves_and_its_answer_trains_in_the_sam
 
 
 def test_a_trial_past_the_limit_is_reported_as_over_the_limit():
-    from autobatch.probing.probe import trial_record
+    from autobatch.probing.answer import trial_record
 
     strategy = ProbeStrategy(limit_bytes=1000, baseline_bytes=0, margin=0.1, oom_is_catchable=False)
     over = TrialOutcome(64, 1200, 2, 0.01, 0.1, False)
