@@ -43,6 +43,7 @@ from autobatch.probing.strategy import Observation
 from autobatch.probing.trial import TrialOutcome
 from autobatch.probing.verify import VerificationOutcome
 from autobatch.probing.worker import MARKER
+from autobatch.results import ProbeResult
 
 #: Exit status of a process ended by SIGKILL, which is how the OOM killer ends a worker.
 KILLED = -9
@@ -214,7 +215,7 @@ def probe_in_workers(
     verbose: int,
     worker_imports: Sequence[str] = (),
     command: list[str] | None = None,
-) -> Any:
+) -> ProbeResult:
     """`autobatch.probe` with each trial and verification in a new process (see the module)."""
     from autobatch import report
     from autobatch.memory.host import HostMemory
@@ -312,7 +313,7 @@ def probe_in_workers(
     return result
 
 
-def probe_saved_model(model: Any, training_data: Any, **options: Any) -> Any:
+def probe_saved_model(model: Any, training_data: Any, **options: Any) -> ProbeResult:
     """`probe_in_workers` for a model object: saved to a temporary folder for the workers."""
     folder = Path(tempfile.mkdtemp(prefix=f"autobatch-isolated-{os.getpid()}-"))
     try:
