@@ -24,6 +24,7 @@ process, so their answer is what fits *while the caller holds what it holds now*
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -126,7 +127,7 @@ class Workers:
                     "before it reported: the model and data alone do not fit in the memory "
                     "left, or something else killed it. Free memory or raise the limit."
                 )
-            return WorkerAnswer(**{**self.last.__dict__, "outcome": None})
+            return dataclasses.replace(self.last, outcome=None)
         answer = _parse(done, batch_size)
         self.last = answer
         return answer
@@ -293,7 +294,8 @@ def probe_in_workers(
                 verify_at, found, strategy, history, verifications, progress, retries=True
             )
     own_memory.release()
-    last = workers.last or first
+    last = workers.last  # every answer after the first: set, since the first ran
+    assert last is not None
     result = build_result(
         answer=found,
         strategy=strategy,
