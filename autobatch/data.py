@@ -185,28 +185,27 @@ class ArrayData(TrainingData):
         return kwargs
 
     def probe_inputs(self, batch_size: int, steps: int) -> FitInputs:
-        # Real training on arrays ends every pass with a partial batch (the remainder), a new
-        # input shape that TensorFlow traces again, and then starts a new pass. Both cost
-        # memory a few full steps never show: an LSTM at batch 1285 (8192 samples) peaked at
-        # 1467 MiB over 3 full steps and at 1861 MiB once the 482-sample batch and the next
-        # pass had run; a trial that skipped them chose a batch that was OOM-killed in
-        # training. So a trial is two passes over `steps` full batches plus that remainder,
-        # each followed by a validation batch at the same size, as fit validates: validating
-        # took an LSTM's verification 140 MiB past trials that did not.
-        full = max(1, min(steps, self.num_samples // batch_size))
-        remainder = self.num_samples % batch_size
-        size = full * batch_size + remainder
+        # A trial trains as the verification and the user's fit(validation_split=0.2) do, cut
+        # to ``steps`` full batches a pass: the training split's partial batch ends each pass,
+        # then a validation pass at the same batch size, twice (the second pass reuses or
+        # adds to what the first allocated). The partial batch's size matters on TF/CPU: an
+        # LSTM at batch 515 peaked at 803 MiB with no partial batch, 835 with the 93 samples
+        # that fit(validation_split=0.2) on 2048 samples ends with, and 1154 with the 503 of a
+        # pass over all 2048; trials that ran the 503 stopped the probe at 512 where real
+        # training fits 887 (benchmarks/README.md).
+        inputs = self.verification_inputs(batch_size, steps)
+        if inputs.total_steps and batch_size <= self.num_samples - self.num_samples // 5:
+            return FitInputs(inputs.kwargs, None, epochs=2, total_steps=2 * inputs.total_steps)
+        # A batch larger than the training split only exists in a fit without validation:
+        # one pass over all samples, a batch of this size, as that fit runs it.
         kwargs = self._fit_kwargs()
         validation = tuple(_map_leaves(lambda a: a[:batch_size], v) for v in kwargs.values())
-        if size < self.num_samples:
-            # The rest of the arrays stays in memory, as in real training; only the steps are cut.
-            kwargs = {k: _map_leaves(lambda a: a[:size], v) for k, v in kwargs.items()}
-        passes = 2
+        full, remainder = divmod(self.num_samples, batch_size)
         return FitInputs(
             {**kwargs, "batch_size": batch_size, "validation_data": validation},
             None,
-            epochs=passes,
-            total_steps=passes * (full + (remainder > 0)),
+            epochs=2,
+            total_steps=2 * (full + (remainder > 0)),
         )
 
     def verification_inputs(self, batch_size: int, max_steps: int) -> FitInputs:

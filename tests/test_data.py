@@ -57,21 +57,31 @@ def test_the_three_forms_are_recognised():
 
 
 @pytest.mark.parametrize(
-    "batch_size, steps, samples, total_steps",
+    "batch_size, steps, samples, validation, total_steps",
     [
-        (40, 3, 100, 6),  # 2 full batches and the 20 left over, twice: the whole arrays
-        (100, 3, 100, 2),  # one batch is all the data: nothing left over
-        (10, 3, 30, 6),  # 3 full batches of a pass; 100 % 10 leaves nothing over
-        (30, 2, 70, 6),  # 2 full batches, then the 10 that real training ends a pass with
+        # As fit(validation_split=0.2) on 100 samples: 80 train, the last 20 validate.
+        (40, 3, 80, 20, 4),  # 2 full batches a pass, nothing left over, twice
+        (30, 2, 80, 20, 6),  # 2 full batches, then the 20 that real training ends a pass with
+        (10, 3, 30, 10, 6),  # 3 of the 8 full batches a pass (and 1 to validate): steps cut, not shapes
+        (35, 1, 45, 20, 4),  # 1 of 2 full batches, and the partial batch of 10 kept
+        # Larger than the training split: only a fit without validation has such a batch,
+        # and it runs over all 100 samples; validation at that batch size.
+        (90, 3, 100, 90, 4),
+        (100, 3, 100, 100, 2),
     ],
 )
-def test_probe_inputs_are_two_passes_ending_with_the_real_partial_batch(
-    batch_size, steps, samples, total_steps
+def test_probe_inputs_are_two_passes_as_fit_with_a_validation_split_runs_them(
+    batch_size, steps, samples, validation, total_steps
 ):
-    data = ArrayData(np.zeros((100, 3)), np.zeros(100))
+    data = ArrayData(np.arange(100).reshape(100, 1), np.arange(100))
     inputs = data.probe_inputs(batch_size=batch_size, steps=steps)
     assert inputs.kwargs["batch_size"] == batch_size
     assert len(inputs.kwargs["x"]) == len(inputs.kwargs["y"]) == samples
+    validation_x, validation_y = inputs.kwargs["validation_data"]
+    assert len(validation_x) == len(validation_y) == validation
+    if samples < 100 or validation < 90:
+        # Training never sees the validation samples, as with validation_split.
+        assert inputs.kwargs["x"].max() < validation_x.min()
     assert inputs.epochs == 2 and inputs.steps is None
     assert inputs.total_steps == total_steps
 

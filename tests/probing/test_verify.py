@@ -47,7 +47,7 @@ def test_answer_backs_off_when_memory_grows_with_training(mlp, larger_data, catc
     # verification at the trials' answer passes the margin and backs off. Host RAM:
     # FakeMemory raises FakeProcessKilled past the limit, so this also says "never killed".
     memory = GrowsWithTraining(
-        40, limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10, oom_is_catchable=catchable
+        50, limit_bytes=5000, fixed_bytes=1000, bytes_per_sample=10, oom_is_catchable=catchable
     )
     result = autobatch.probe(mlp, larger_data, memory=memory, margin=0.2, verbose=0)
 
