@@ -136,7 +136,10 @@ def verified_answer(
     verification. Returns the verified batch size, or, when none verified, the smallest one
     tried, or without ``retries`` the batch backed off from it (the result's ``verified`` is
     then False: pass a larger margin). Backing off stops when the excess did not shrink with
-    the batch (it is then not the batch's memory). In-process on host RAM there are no
+    the batch (it is then not the batch's memory). With the strategy's
+    ``measured_answers_only``, backing off goes to the next batch a trial measured as
+    fitting where that is not further down, and when none verified, the answer is the
+    largest measured batch below them all. In-process on host RAM there are no
     retries: what the first verification allocated stays pooled in the process, and a
     second one starting on top of it (fit first copies the arrays) was OOM-killed in a
     880 MiB cgroup.
@@ -152,16 +155,29 @@ def verified_answer(
         progress.verification_done(_verification_record(outcome, strategy))
         if _fits(outcome, strategy):
             return batch_size
-        if len(verifications) >= 2 and not _lower(verifications[-1], verifications[-2]):
-            break
+        if not strategy.measured_answers_only and len(verifications) >= 2:
+            if not _lower(verifications[-1], verifications[-2]):
+                break
         smaller = _backed_off(batch_size, outcome, strategy, line, retries)
+        if strategy.measured_answers_only:
+            # Rather the next batch a trial measured as fitting, where it is not further
+            # down: one between trials may cost more than both neighbours.
+            smaller = max(smaller, _largest_fitted_below(history, strategy, batch_size))
         smaller = multiple_below(smaller, strategy.num_replicas)
         if smaller < 1:
             return 0
         if not retries:
             return smaller
         batch_size = smaller
+    if strategy.measured_answers_only:
+        # Unverified, but below every batch whose verification failed.
+        return multiple_below(_largest_fitted_below(history, strategy, batch_size), strategy.num_replicas)
     return min(v.batch_size for v in verifications)
+
+
+def _largest_fitted_below(history: list[Observation], strategy: ProbeStrategy, batch_size: int) -> int:
+    """The largest batch below ``batch_size`` whose trial fitted; 0 when none did."""
+    return max((o.batch_size for o in history if strategy.fits(o) and o.batch_size < batch_size), default=0)
 
 
 def _lower(later: VerificationOutcome, earlier: VerificationOutcome) -> bool:

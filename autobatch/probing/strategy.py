@@ -97,6 +97,7 @@ class ProbeStrategy:
         max_growth: float | None = None,
         max_trials: int | None = None,
         min_margin_bytes: int = 0,
+        measured_answers_only: bool = False,
     ) -> None:
         self.limit_bytes = limit_bytes
         self.baseline_bytes = baseline_bytes
@@ -119,6 +120,12 @@ class ProbeStrategy:
         self.max_growth = max_growth if max_growth is not None else (16.0 if oom_is_catchable else 2.0)
         # Doubling from batch 1 takes 10 trials to reach 1024 on host RAM.
         self.max_trials = max_trials if max_trials is not None else (16 if oom_is_catchable else 24)
+        #: The answer is a batch a trial measured, never one between trials, and backing off
+        #: prefers one (see `autobatch.probing.answer.verified_answer`): where peaks are not
+        #: monotone in the batch (TF/CPU, worker processes), an unmeasured batch may sit on
+        #: a spike (a CNN's verification peaked at 880 MiB at 553 samples, 807 at 528; a
+        #: trial at 665 peaked at 764).
+        self.measured_answers_only = measured_answers_only
         #: Why the last call to `propose` returned None, in words.
         self.stop_reason = ""
 
@@ -131,12 +138,15 @@ class ProbeStrategy:
 
         That is the largest verified batch, or, when a larger batch ran within the limit but
         past the margin, the batch interpolated between the two where the usable memory
-        ends: the larger trial shows that it runs, the interpolation keeps the margin.
+        ends: the larger trial shows that it runs, the interpolation keeps the margin (not
+        with ``measured_answers_only``).
         """
         fitting = [o for o in history if self.fits(o)]
         if not fitting:
             return 0
         low = max(fitting, key=lambda o: o.batch_size)
+        if self.measured_answers_only:
+            return low.batch_size
         ran_past_margin = [
             o
             for o in history

@@ -42,7 +42,15 @@ def _memory(job: dict[str, Any]) -> Any:
     return detect_memory(None if limit is None else _units.parse_bytes(resolve_memory_limit(limit)))
 
 
-def run(job: dict[str, Any]) -> dict[str, Any]:
+def _interpreter_bytes() -> int:
+    """This process's anonymous memory now, before the framework loads: Python and
+    autobatch's imports, which the supervisor's process holds too."""
+    from autobatch.memory.host import HostMemory
+
+    return HostMemory().current_bytes()
+
+
+def run(job: dict[str, Any], interpreter_bytes: int = 0) -> dict[str, Any]:
     """Load the model and data named in ``job``, run it, and describe what happened."""
     from autobatch._versions import library_versions
     from autobatch.data import as_training_data
@@ -61,6 +69,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     answer: dict[str, Any] = {
         "memory": memory.describe(),
         "baseline_bytes": memory.current_bytes(),
+        "interpreter_bytes": interpreter_bytes,
         "num_samples": data.num_samples,
         "backend": _keras_backend(),
         "versions": library_versions(),
@@ -68,9 +77,11 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     batch_size = int(job["batch_size"])
     outcome: Any
     if job["kind"] == "trial":
+        # The arrays as loaded, not `for_trials` tensors: one trial per process copies them
+        # once, as the user's fit will (the tensors would hold a second copy).
         outcome = run_trial(
             model,
-            data.for_trials(),
+            data,
             batch_size,
             memory,
             steps=int(job["steps"]),
@@ -118,8 +129,9 @@ def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
     if not job.get("debug"):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    interpreter_bytes = _interpreter_bytes()
     try:
-        answer = run(job)
+        answer = run(job, interpreter_bytes)
     except AutobatchError as error:
         answer = {"error": {"type": type(error).__name__, "message": str(error)}}
     sys.stdout.write(MARKER + json.dumps(answer) + "\n")

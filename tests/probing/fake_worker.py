@@ -4,7 +4,9 @@ Reads the same job file as `autobatch.probing.worker`; the "model" path names a 
 describing a memory curve instead: ``peak = baseline + per_sample * batch_size`` (plus
 ``verify_extra`` in a verification). A batch whose peak would pass ``kill_above`` kills the
 process with SIGKILL, as the OOM killer would; ``error`` makes it report a typed error,
-``crash`` makes it exit 3 after writing to stderr. Every job is logged to ``log``.
+``crash`` makes it exit 3 after writing to stderr; ``spikes`` ({batch: bytes}) adds to the
+peak of those batch sizes only; ``interpreter`` is the memory it reports holding before its
+framework loaded. Every job is logged to ``log``.
 """
 
 import json
@@ -30,6 +32,8 @@ batch_size = job["batch_size"]
 peak = curve["baseline"] + curve["per_sample"] * batch_size
 if job["kind"] == "verify":
     peak += curve.get("verify_extra", 0)
+# A batch size that costs more than both neighbours (TF/CPU kernels chosen per shape).
+peak += curve.get("spikes", {}).get(str(batch_size), 0)
 if peak > curve["kill_above"]:
     os.kill(os.getpid(), signal.SIGKILL)
 stop_above = job.get("stop_above_bytes")
@@ -46,4 +50,5 @@ memory = {"name": "host", "device": "CPU (host RAM)", "peak_source": "fake", "li
           "oom_is_catchable": False, "default_margin": 0.1, "min_margin_bytes": 0}
 print(MARKER + json.dumps({"memory": memory, "baseline_bytes": curve["baseline"],
                            "num_samples": curve["num_samples"], "backend": "none",
+                           "interpreter_bytes": curve.get("interpreter", 0),
                            "versions": {}, "outcome": outcome}))

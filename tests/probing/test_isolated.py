@@ -19,13 +19,13 @@ FAKE_WORKER = [sys.executable, str(Path(__file__).with_name("fake_worker.py"))]
 MiB = 2**20
 
 
-def probe_curve(tmp_path, **curve):
+def probe_curve(tmp_path, margin=0.1, **curve):
     curve = {"baseline": 400 * MiB, "per_sample": 1 * MiB, "limit": 1400 * MiB,
              "kill_above": 1400 * MiB, "num_samples": 5000, "log": str(tmp_path / "jobs.log"),
              **curve}
     (tmp_path / "curve.json").write_text(json.dumps(curve))
     result = probe_in_workers(
-        tmp_path / "curve.json", tmp_path / "unused.npz", memory_limit=None, margin=0.1,
+        tmp_path / "curve.json", tmp_path / "unused.npz", memory_limit=None, margin=margin,
         max_batch_size=None, steps_per_trial=3, verbose=0, command=FAKE_WORKER,
     )
     jobs = [json.loads(line) for line in (tmp_path / "jobs.log").read_text().splitlines()]
@@ -62,6 +62,45 @@ def test_a_verification_that_is_killed_backs_off_and_verifies_again(tmp_path):
     assert result.verifications[0].error == "out of memory"
     assert result.verified and result.max_batch_size == verifies[-1]
     assert 400 + result.max_batch_size + 150 <= 1350
+
+
+def test_the_answer_is_a_measured_batch_and_backing_off_prefers_one(tmp_path):
+    # A cliff from batch 700 (workers killed), real epochs 100 MiB above trials, and a spike
+    # at batch 540 that no trial measured. The answer is the largest batch a trial fitted
+    # (675), not one interpolated towards the cliff; its verification is killed and the
+    # usual back-off (to 80%) lands on the spike; from there the next batch is the one a
+    # trial measured (450), which is above the usual back-off's 432.
+    result, jobs = probe_curve(tmp_path, kill_above=1099 * MiB, verify_extra=100 * MiB,
+                               spikes={"540": 300 * MiB})
+    fitted = {t.batch_size for t in result.trials if t.fits}
+    verifies = [j["batch_size"] for j in jobs if j["kind"] == "verify"]
+    assert verifies == [675, 540, 450]
+    assert 675 in fitted and 450 in fitted and 540 not in fitted
+    assert result.verified and result.max_batch_size == 450
+
+
+def test_when_no_verification_fits_the_answer_is_below_them_all(tmp_path):
+    # Real epochs cost 600 MiB more than trials at every batch: three verifications are
+    # killed; the answer is the next measured batch below them, marked unverified.
+    result, jobs = probe_curve(tmp_path, verify_extra=600 * MiB, kill_above=1350 * MiB)
+    verifies = [j["batch_size"] for j in jobs if j["kind"] == "verify"]
+    assert len(verifies) == 3 and not result.verified
+    assert result.max_batch_size < min(verifies)
+    assert result.max_batch_size in {t.batch_size for t in result.trials if t.fits}
+
+
+def test_what_a_worker_shares_with_the_supervisor_is_not_counted_twice(tmp_path):
+    # A worker reports 30 MiB of interpreter and imports before its framework loaded; this
+    # process holds those too (and more), so the limit its peaks are held to is 30 MiB
+    # above what the worker saw as free.
+    result, _ = probe_curve(tmp_path, interpreter=30 * MiB)
+    assert result.limit_bytes == 1430 * MiB
+
+
+def test_workers_keep_a_gpu_sized_margin_by_default(tmp_path):
+    result, _ = probe_curve(tmp_path, margin=None)
+    assert result.margin == 0.05
+    assert result.usable_bytes == 400 * MiB + int(1000 * MiB * 0.95)
 
 
 def test_a_first_worker_that_is_killed_means_nothing_fits(tmp_path):
