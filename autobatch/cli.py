@@ -39,8 +39,8 @@ from autobatch.errors import (
     MissingDependencyError,
 )
 from autobatch.files import NPZ_HELP, load_model, load_npz
-from autobatch.memory.base import MemoryBackend
 from autobatch.memory.host import HostMemory
+from autobatch.probing.isolated import DEFAULT_MARGIN as ISOLATED_MARGIN
 from autobatch.search import distributed
 from autobatch.search.space import DEFAULT_EPOCH_FRACTIONS
 from autobatch.search.tune import DEFAULT_BUDGET_PASSES, DEFAULT_MIN_BUDGET_SAMPLES
@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     _memory_limit(probe)
     probe.add_argument("--margin", type=_margin, default=None, metavar="FRACTION",
                        help="fraction of the free memory to leave unused (default "
-                       f"{HostMemory.default_margin:.2f} on host RAM, {MemoryBackend.default_margin:.2f} on a GPU)")
+                       f"{ISOLATED_MARGIN:.2f} with worker processes and on a GPU, "
+                       f"{HostMemory.default_margin:.2f} on host RAM with --in-process)")
     probe.add_argument("--max-batch-size", type=_positive_int, default=None, metavar="N",
                        help="never try a batch above this (default: the number of samples)")
     probe.add_argument("--no-cache", action="store_true",

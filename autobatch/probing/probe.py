@@ -80,8 +80,10 @@ def probe(
             trial) that the answer leaves unused, against fragmentation and run-to-run noise.
             Default: the memory backend's, 5% on a GPU and 10% on host RAM (where the same
             step's peak varies by several percent between runs, and running out kills the
-            process). On host RAM at least 64 MiB is kept whatever the fraction (malloc
-            makes peaks jump by tens of MiB).
+            process); 5% with worker processes (``isolate``), where a killed worker is an
+            observation, as a GPU's out-of-memory error is. On host RAM at least 64 MiB is
+            kept whatever the fraction (malloc makes peaks jump by tens of MiB), 32 MiB with
+            workers (each trial in a new process).
         max_batch_size: Never try batches above this (default: the number of samples).
         steps_per_trial: Full-batch training steps per pass over the data. On arrays a trial
             runs two passes, each ending with the partial batch that ends every pass of real
