@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,7 +12,12 @@ from autobatch import _units
 from autobatch._versions import library_versions  # also imported from here by search.tune
 from autobatch.data import as_training_data
 from autobatch.data_check import check_data_matches_model
-from autobatch.errors import BatchDoesNotFitError, InvalidArgumentError, InvalidModelError
+from autobatch.errors import (
+    AutobatchError,
+    BatchDoesNotFitError,
+    InvalidArgumentError,
+    InvalidModelError,
+)
 from autobatch.memory.base import MemoryBackend
 from autobatch.probing.answer import build_result, trial_record, verified_answer
 from autobatch.probing.replicas import (
@@ -97,10 +103,13 @@ def probe(
             worker, and each peak is what a new process reaches, with nothing left over
             from earlier trials. Default: True when ``model`` and ``data`` are paths to a
             ``.keras`` file and an ``.npz`` archive (the command line, pipelines: the
-            calling process then never imports TensorFlow), False for a model object
-            (faster: no process start per trial). With a model object and True, the model
-            and arrays are saved to a temporary folder, and the answer is what fits while
-            this process holds what it holds now. Isolated probes are not cached.
+            calling process then never imports TensorFlow), and for a model that has already
+            trained in this process when memory is host RAM and the data are arrays (its
+            pooled memory makes in-process trials unsafe; a warning says so); False for
+            other model objects (faster: no process start per trial). With a model object
+            and True, the model and arrays are saved to a temporary folder, and the answer
+            is what fits while this process holds what it holds now. Isolated probes are
+            not cached.
         worker_imports: Modules each worker imports before loading the model: those that
             register its custom layers (``@keras.saving.register_keras_serializable()``),
             e.g. ``["my_project.layers"]``.
@@ -117,7 +126,7 @@ def probe(
     started = time.perf_counter()
     model_is_file = isinstance(model, (str, os.PathLike))
     if isolate is None:
-        isolate = model_is_file
+        isolate = model_is_file or _trained_here_on_host_ram(model, data, memory)
     if margin is not None and not 0.0 <= margin < 1.0:
         raise InvalidArgumentError(
             f"margin={margin!r} is outside [0, 1). Expected the fraction of free memory to keep "
@@ -322,6 +331,46 @@ def _probe_isolated(
     training_data = as_training_data(data)
     check_data_matches_model(model, training_data)
     return isolated.probe_saved_model(model, training_data, **options)
+
+
+def _trained_here_on_host_ram(model: Any, data: Any, memory: MemoryBackend | None) -> bool:
+    """True when ``model`` has already trained in this process (its optimizer took steps),
+    memory is host RAM and ``data`` are arrays: `probe` then runs its trials in workers.
+
+    TensorFlow keeps the memory that training used pooled in the process, and in-process
+    trials reuse it, so their peaks stay flat until they outgrow it and then jump: after 5
+    steps at half the answer a new process finds, in-process probes of an LSTM and a
+    Transformer were OOM-killed (benchmarks/README.md). Workers start clean; the answer
+    then counts the pool as used, which is cautious and never kills this process.
+    """
+    if memory is not None or isinstance(model, (str, os.PathLike)):
+        return False  # a backend chosen by the caller (a test's FakeMemory), or a file
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    try:
+        steps_taken = int(iterations.numpy()) if iterations is not None else 0
+    except Exception:  # noqa: BLE001 - an optimizer without a readable step count
+        return False
+    if steps_taken == 0:
+        return False
+    from autobatch.data import ArrayData
+    from autobatch.memory import detect_memory
+
+    if detect_memory().oom_is_catchable:
+        return False  # a GPU: running out is an exception there, and memory is released
+    try:
+        arrays = isinstance(as_training_data(data), ArrayData)
+    except AutobatchError:
+        return False  # bad data: the in-process path explains it
+    if arrays:
+        warnings.warn(
+            f"This model has already trained in this process ({steps_taken} optimizer "
+            "steps): TensorFlow keeps that training's memory pooled, which hides how memory "
+            "grows with the batch and can get an in-process probe OOM-killed. Probing in "
+            "worker processes instead; their answer counts the pool as used (cautious). "
+            "Pass isolate=False to probe here anyway, or probe before training.",
+            stacklevel=3,
+        )
+    return arrays
 
 
 def _relative_key(memory_limit: Any) -> str | None:

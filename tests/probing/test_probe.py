@@ -389,3 +389,38 @@ def test_the_default_margin_is_the_memory_backends(mlp, regression_data):
         mlp, regression_data, memory_limit="+256MiB", max_batch_size=8, use_cache=False, verbose=0
     )
     assert host.margin == HostMemory.default_margin
+
+
+def test_a_model_that_trained_here_is_probed_in_workers_on_host_ram(mlp, regression_data, monkeypatch):
+    # TensorFlow keeps what training used pooled in the process; in-process trials reuse it,
+    # stay flat, then jump: the probe goes to worker processes, and says so.
+    from autobatch.probing import isolated
+
+    mlp.fit(*regression_data, batch_size=64, epochs=1, verbose=0)
+    calls = []
+    monkeypatch.setattr(isolated, "probe_saved_model", lambda *args, **kwargs: calls.append(args) or "isolated")
+    with pytest.warns(UserWarning, match=r"already trained in this process \(8 optimizer steps\)"):
+        assert autobatch.probe(mlp, regression_data, verbose=0) == "isolated"
+    assert calls and calls[0][0] is mlp
+
+
+def test_only_a_trained_model_on_host_ram_with_arrays_goes_to_workers(mlp, regression_data):
+    import tensorflow as tf
+
+    from autobatch.probing.probe import _trained_here_on_host_ram
+
+    assert not _trained_here_on_host_ram(mlp, regression_data, None)  # not trained yet
+    mlp.fit(*regression_data, batch_size=256, epochs=1, verbose=0)
+    fake = autobatch.FakeMemory(limit_bytes=10**6, fixed_bytes=100, bytes_per_sample=10)
+    assert not _trained_here_on_host_ram(mlp, regression_data, fake)  # the caller's backend
+    dataset = tf.data.Dataset.from_tensor_slices(regression_data)
+    assert not _trained_here_on_host_ram(mlp, dataset, None)  # workers need arrays
+    with pytest.warns(UserWarning, match="isolate=False to probe here anyway"):
+        assert _trained_here_on_host_ram(mlp, regression_data, None)
+
+
+def test_isolate_false_keeps_a_trained_model_in_process(mlp, regression_data, recwarn):
+    mlp.fit(*regression_data, batch_size=256, epochs=1, verbose=0)
+    result = autobatch.probe(mlp, regression_data, isolate=False, memory_limit="+256MiB", verbose=0)
+    assert not result.isolated and result.max_batch_size > 0
+    assert not [w for w in recwarn if "already trained" in str(w.message)]
