@@ -17,6 +17,7 @@ from autobatch.errors import (
     MissingDependencyError,
     NoTrainingError,
     TrialError,
+    WorkerDoesNotFitError,
 )
 from autobatch.memory.fake import FakeMemory
 from autobatch.probing import probe
@@ -40,6 +41,7 @@ __all__ = [
     "TrialError",
     "TuneResult",
     "TuneTrial",
+    "WorkerDoesNotFitError",
     "load_result",
     "probe",
     "tune",

@@ -30,6 +30,11 @@ class BatchDoesNotFitError(AutobatchError):
     """Even the smallest batch does not fit under the memory limit."""
 
 
+class WorkerDoesNotFitError(BatchDoesNotFitError):
+    """A probe worker process was killed before it could report: a process holding the
+    model and data does not fit in the memory left beside the caller's."""
+
+
 class TrialError(AutobatchError):
     """A training step failed for a reason other than running out of memory.
 

@@ -235,9 +235,15 @@ def job_probe(spec: dict[str, Any], model: Any, x: Any, y: Any) -> dict[str, Any
     before = _snapshot(model)
     started = time.perf_counter()
     # verbose: the trial lines go to this child's log, which shows where a killed probe was.
-    result = autobatch.probe(
-        model, (x, y), memory_limit=spec.get("explicit_limit"), verbose=1, use_cache=False
-    )
+    try:
+        result = autobatch.probe(
+            model, (x, y), memory_limit=spec.get("explicit_limit"), verbose=1, use_cache=False
+        )
+    except autobatch.AutobatchError as error:
+        # A clear refusal (e.g. no room for worker processes beside this one) is a result
+        # of its own, not a crash of the benchmark.
+        return {"error": f"{type(error).__name__}: {error}", "wall_seconds": time.perf_counter() - started,
+                "preserved": _same(before, _snapshot(model))}
     seconds = time.perf_counter() - started
     payload = {
         "result": result.to_dict(),

@@ -458,6 +458,9 @@ def _probe_run(launcher: Launcher, label: str, *, job: str = "probe", **extra: A
         run = {**reported, "fit_after": {"fits": False, "killed": True}}
     run["killed"] = False
     run["spec"] = extra.get("train_first")
+    if "error" in run:
+        _note(f"{launcher.model} ({label}): our probe refused: {run['error'][:300]}")
+        return {**run, "answer": 0}
     run["answer"] = run["result"]["max_batch_size"]
     after = run.get("fit_after") or {}
     _note(f"{launcher.model} ({label}): probe answered {run['answer']} in "
@@ -607,8 +610,8 @@ def summary_table(entries: list[dict[str, Any]]) -> str:
 
 def trained_first_table(entries: list[dict[str, Any]]) -> str:
     """The probe in a process that trained first (a notebook), then training at its answer."""
-    headers = ["model", "trained first at", "true max (fresh)", "answer", "found / true", "over",
-               "verified", "trials + verifications", "probe killed", "same-process fit"]
+    headers = ["model", "trained first at", "true max (fresh)", "trials in", "answer", "found / true",
+               "over", "verified", "trials + verifications", "probe killed", "same-process fit"]
     rows = []
     for entry in entries:
         run = entry.get("trained_first")
@@ -623,12 +626,13 @@ def trained_first_table(entries: list[dict[str, Any]]) -> str:
                 entry["model"],
                 (run.get("spec") or {}).get("batch_size", "-"),
                 true_max,
+                "-" if not result else ("workers" if result.get("isolated") else "this process"),
                 answer,
                 answer / true_max if true_max else None,
                 "YES" if failure and answer >= failure else "no",
                 "yes" if result.get("verified") else "no",
                 f"{len(result.get('trials', []))} + {len(result.get('verifications', []))}",
-                "KILLED" if run.get("killed") else "no",
+                "KILLED" if run.get("killed") else ("no (refused)" if run.get("error") else "no"),
                 _verdict(run.get("fit_after")),
             ]
         )

@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autobatch._units import format_bytes
-from autobatch.errors import AutobatchError, BatchDoesNotFitError, InvalidArgumentError, TrialError
+from autobatch.errors import (
+    AutobatchError,
+    BatchDoesNotFitError,
+    InvalidArgumentError,
+    TrialError,
+    WorkerDoesNotFitError,
+)
 from autobatch.probing.answer import build_result, trial_record, verified_answer
 from autobatch.probing.replicas import ReplicaProbeStrategy
 from autobatch.probing.strategy import Observation
@@ -129,7 +135,7 @@ class Workers:
             )
         if done.returncode == KILLED:
             if self.last is None:
-                raise BatchDoesNotFitError(
+                raise WorkerDoesNotFitError(
                     f"The first probe worker (batch size {batch_size}) was killed (SIGKILL) "
                     "before it reported: the model and data alone do not fit in the memory "
                     "left, or something else killed it. Free memory or raise the limit."

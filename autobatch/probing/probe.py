@@ -17,6 +17,7 @@ from autobatch.errors import (
     BatchDoesNotFitError,
     InvalidArgumentError,
     InvalidModelError,
+    WorkerDoesNotFitError,
 )
 from autobatch.memory.base import MemoryBackend
 from autobatch.probing.answer import build_result, trial_record, verified_answer
@@ -125,6 +126,7 @@ def probe(
     """
     started = time.perf_counter()
     model_is_file = isinstance(model, (str, os.PathLike))
+    chosen_isolation = isolate is not None
     if isolate is None:
         isolate = model_is_file or _trained_here_on_host_ram(model, data, memory)
     if margin is not None and not 0.0 <= margin < 1.0:
@@ -143,6 +145,30 @@ def probe(
             "Both memory= and memory_limit= were given. Pass one: memory_limit overrides the "
             "detected limit; memory replaces the whole memory backend (which has its own limit)."
         )
+    if isolate and not model_is_file and not chosen_isolation:
+        try:
+            return _probe_isolated(
+                model,
+                data,
+                memory_limit=memory_limit,
+                margin=margin,
+                max_batch_size=max_batch_size,
+                steps_per_trial=steps_per_trial,
+                memory=memory,
+                isolate=isolate,
+                verbose=verbose,
+                worker_imports=worker_imports,
+            )
+        except WorkerDoesNotFitError as error:
+            raise WorkerDoesNotFitError(
+                f"{error} This model has already trained in this process, so autobatch "
+                "probed it in worker processes (in-process trials reuse the memory that "
+                "training left pooled and can get this process OOM-killed), but a worker "
+                "holding its own copy of the model and data does not fit beside this "
+                "process. Probe before training (restart, then probe first), save the model "
+                "and probe the file from a new process (autobatch.probe('model.keras', "
+                "'train.npz')), or pass isolate=False to probe here at the risk of an OOM kill."
+            ) from None
     if isolate or model_is_file:
         return _probe_isolated(
             model,
@@ -334,24 +360,21 @@ def _probe_isolated(
 
 
 def _trained_here_on_host_ram(model: Any, data: Any, memory: MemoryBackend | None) -> bool:
-    """True when ``model`` has already trained in this process (its optimizer took steps),
+    """True when ``model`` has trained in this process (``fit`` left its train function),
     memory is host RAM and ``data`` are arrays: `probe` then runs its trials in workers.
 
-    TensorFlow keeps the memory that training used pooled in the process, and in-process
-    trials reuse it, so their peaks stay flat until they outgrow it and then jump: after 5
-    steps at half the answer a new process finds, in-process probes of an LSTM and a
-    Transformer were OOM-killed (benchmarks/README.md). Workers start clean; the answer
-    then counts the pool as used, which is cautious and never kills this process.
+    TensorFlow/CPU's oneDNN allocator keeps the memory that training used pooled in the
+    process (a Transformer trained at batch 200 held 1161 MiB afterwards; with
+    TF_ENABLE_ONEDNN_OPTS=0, 440), and in-process trials reuse the pool: their peaks stay
+    flat, then jump once a trial outgrows it. After 5 steps at half the answer a new
+    process finds, in-process probes of an LSTM and a Transformer were OOM-killed
+    (benchmarks/README.md). Workers start clean; their answer counts the pool as used,
+    which is cautious and never kills this process.
     """
     if memory is not None or isinstance(model, (str, os.PathLike)):
         return False  # a backend chosen by the caller (a test's FakeMemory), or a file
-    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
-    try:
-        steps_taken = int(iterations.numpy()) if iterations is not None else 0
-    except Exception:  # noqa: BLE001 - an optimizer without a readable step count
-        return False
-    if steps_taken == 0:
-        return False
+    if getattr(model, "train_function", None) is None:
+        return False  # not trained here (a model loaded with optimizer state counts as fresh)
     from autobatch.data import ArrayData
     from autobatch.memory import detect_memory
 
@@ -363,11 +386,11 @@ def _trained_here_on_host_ram(model: Any, data: Any, memory: MemoryBackend | Non
         return False  # bad data: the in-process path explains it
     if arrays:
         warnings.warn(
-            f"This model has already trained in this process ({steps_taken} optimizer "
-            "steps): TensorFlow keeps that training's memory pooled, which hides how memory "
-            "grows with the batch and can get an in-process probe OOM-killed. Probing in "
-            "worker processes instead; their answer counts the pool as used (cautious). "
-            "Pass isolate=False to probe here anyway, or probe before training.",
+            "This model has already trained in this process: TensorFlow keeps that "
+            "training's memory pooled, which hides how memory grows with the batch and can "
+            "get an in-process probe OOM-killed. Probing in worker processes instead; their "
+            "answer counts the pool as used (cautious). Pass isolate=False to probe here "
+            "anyway, or probe before training.",
             stacklevel=3,
         )
     return arrays

@@ -399,7 +399,7 @@ def test_a_model_that_trained_here_is_probed_in_workers_on_host_ram(mlp, regress
     mlp.fit(*regression_data, batch_size=64, epochs=1, verbose=0)
     calls = []
     monkeypatch.setattr(isolated, "probe_saved_model", lambda *args, **kwargs: calls.append(args) or "isolated")
-    with pytest.warns(UserWarning, match=r"already trained in this process \(8 optimizer steps\)"):
+    with pytest.warns(UserWarning, match=r"already trained in this process"):
         assert autobatch.probe(mlp, regression_data, verbose=0) == "isolated"
     assert calls and calls[0][0] is mlp
 
@@ -410,6 +410,9 @@ def test_only_a_trained_model_on_host_ram_with_arrays_goes_to_workers(mlp, regre
     from autobatch.probing.probe import _trained_here_on_host_ram
 
     assert not _trained_here_on_host_ram(mlp, regression_data, None)  # not trained yet
+    mlp.optimizer.build(mlp.trainable_variables)
+    mlp.optimizer.iterations.assign(7)  # as when loaded with its optimizer state
+    assert not _trained_here_on_host_ram(mlp, regression_data, None)  # not trained here
     mlp.fit(*regression_data, batch_size=256, epochs=1, verbose=0)
     fake = autobatch.FakeMemory(limit_bytes=10**6, fixed_bytes=100, bytes_per_sample=10)
     assert not _trained_here_on_host_ram(mlp, regression_data, fake)  # the caller's backend
@@ -424,3 +427,17 @@ def test_isolate_false_keeps_a_trained_model_in_process(mlp, regression_data, re
     result = autobatch.probe(mlp, regression_data, isolate=False, memory_limit="+256MiB", verbose=0)
     assert not result.isolated and result.max_batch_size > 0
     assert not [w for w in recwarn if "already trained" in str(w.message)]
+
+
+def test_no_room_for_a_worker_beside_a_trained_process_is_a_clear_refusal(mlp, regression_data, monkeypatch):
+    from autobatch.probing import isolated
+
+    def first_worker_killed(*args, **kwargs):
+        raise autobatch.WorkerDoesNotFitError("The first probe worker (batch size 1) was killed.")
+
+    mlp.fit(*regression_data, batch_size=64, epochs=1, verbose=0)
+    monkeypatch.setattr(isolated, "probe_saved_model", first_worker_killed)
+    with pytest.warns(UserWarning), pytest.raises(
+        autobatch.WorkerDoesNotFitError, match=r"does not fit beside this process\. Probe before training"
+    ):
+        autobatch.probe(mlp, regression_data, verbose=0)
