@@ -78,8 +78,6 @@ class WorkerAnswer:
     backend: str
     versions: dict[str, str]
     outcome: dict[str, Any] | None
-    #: The worker's own memory before it loaded the framework (Python, autobatch, NumPy).
-    interpreter_bytes: int = 0
 
 
 class Workers:
@@ -251,7 +249,7 @@ def probe_in_workers(
         progress.trial_started(1)
         first = workers.run("trial", 1, steps=steps_per_trial, stop_above_bytes=None)
         memory = first.memory
-        limit, baseline = _limit_for_workers(first, own_memory.current_bytes()), first.baseline_bytes
+        limit, baseline = int(memory["limit_bytes"]), first.baseline_bytes
         if baseline >= limit:
             raise BatchDoesNotFitError(
                 f"The memory limit is {format_bytes(limit)} ({memory['limit_source']}) but a "
@@ -329,21 +327,6 @@ def probe_in_workers(
     )
     progress.done(result)
     return result
-
-
-def _limit_for_workers(first: WorkerAnswer, supervisor_bytes: int) -> int:
-    """The limit a worker's peak is held to: what the worker saw, plus the part of this
-    process that the worker's peak already counts.
-
-    A worker sees this supervisor's memory as used. Where the answer is used next, this
-    process trains (its interpreter and imports then count once, not twice) or a new one
-    does (this process is gone), so that shared part is room. The rest of this process (a
-    caller's own arrays and model) stays in use. During the probe the shared part is still
-    held: a worker that needs it is killed, which counts as out of memory, and the answer's
-    verification runs with it held.
-    """
-    shared = min(supervisor_bytes, first.interpreter_bytes)
-    return int(first.memory["limit_bytes"]) + shared
 
 
 def probe_saved_model(model: Any, training_data: Any, **options: Any) -> ProbeResult:

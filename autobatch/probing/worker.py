@@ -42,15 +42,7 @@ def _memory(job: dict[str, Any]) -> Any:
     return detect_memory(None if limit is None else _units.parse_bytes(resolve_memory_limit(limit)))
 
 
-def _interpreter_bytes() -> int:
-    """This process's anonymous memory now, before the framework loads: Python and
-    autobatch's imports, which the supervisor's process holds too."""
-    from autobatch.memory.host import HostMemory
-
-    return HostMemory().current_bytes()
-
-
-def run(job: dict[str, Any], interpreter_bytes: int = 0) -> dict[str, Any]:
+def run(job: dict[str, Any]) -> dict[str, Any]:
     """Load the model and data named in ``job``, run it, and describe what happened."""
     from autobatch._versions import library_versions
     from autobatch.data import as_training_data
@@ -69,7 +61,6 @@ def run(job: dict[str, Any], interpreter_bytes: int = 0) -> dict[str, Any]:
     answer: dict[str, Any] = {
         "memory": memory.describe(),
         "baseline_bytes": memory.current_bytes(),
-        "interpreter_bytes": interpreter_bytes,
         "num_samples": data.num_samples,
         "backend": _keras_backend(),
         "versions": library_versions(),
@@ -129,9 +120,8 @@ def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
     if not job.get("debug"):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    interpreter_bytes = _interpreter_bytes()
     try:
-        answer = run(job, interpreter_bytes)
+        answer = run(job)
     except AutobatchError as error:
         answer = {"error": {"type": type(error).__name__, "message": str(error)}}
     sys.stdout.write(MARKER + json.dumps(answer) + "\n")

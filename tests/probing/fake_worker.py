@@ -5,8 +5,7 @@ describing a memory curve instead: ``peak = baseline + per_sample * batch_size``
 ``verify_extra`` in a verification). A batch whose peak would pass ``kill_above`` kills the
 process with SIGKILL, as the OOM killer would; ``error`` makes it report a typed error,
 ``crash`` makes it exit 3 after writing to stderr; ``spikes`` ({batch: bytes}) adds to the
-peak of those batch sizes only; ``interpreter`` is the memory it reports holding before its
-framework loaded. Every job is logged to ``log``.
+peak of those batch sizes only. Every job is logged to ``log``.
 """
 
 import json
@@ -50,5 +49,4 @@ memory = {"name": "host", "device": "CPU (host RAM)", "peak_source": "fake", "li
           "oom_is_catchable": False, "default_margin": 0.1, "min_margin_bytes": 0}
 print(MARKER + json.dumps({"memory": memory, "baseline_bytes": curve["baseline"],
                            "num_samples": curve["num_samples"], "backend": "none",
-                           "interpreter_bytes": curve.get("interpreter", 0),
                            "versions": {}, "outcome": outcome}))

@@ -89,14 +89,6 @@ def test_when_no_verification_fits_the_answer_is_below_them_all(tmp_path):
     assert result.max_batch_size in {t.batch_size for t in result.trials if t.fits}
 
 
-def test_what_a_worker_shares_with_the_supervisor_is_not_counted_twice(tmp_path):
-    # A worker reports 30 MiB of interpreter and imports before its framework loaded; this
-    # process holds those too (and more), so the limit its peaks are held to is 30 MiB
-    # above what the worker saw as free.
-    result, _ = probe_curve(tmp_path, interpreter=30 * MiB)
-    assert result.limit_bytes == 1430 * MiB
-
-
 def test_workers_keep_a_gpu_sized_margin_by_default(tmp_path):
     result, _ = probe_curve(tmp_path, margin=None)
     assert result.margin == 0.05
