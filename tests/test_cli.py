@@ -505,8 +505,11 @@ def test_help_texts_state_the_defaults_the_code_uses(capsys):
         return " ".join(capsys.readouterr().out.split())
 
     probe_help, tune_help, demo_help = help_of("probe"), help_of("tune"), help_of("demo")
-    assert (f"default {HostMemory.default_margin:.2f} on host RAM, "
-            f"{MemoryBackend.default_margin:.2f} on a GPU") in probe_help
+    from autobatch.probing.isolated import DEFAULT_MARGIN
+
+    assert (f"default {DEFAULT_MARGIN:.2f} with worker processes and on a GPU, "
+            f"{HostMemory.default_margin:.2f} on host RAM with --in-process") in probe_help
+    assert DEFAULT_MARGIN == MemoryBackend.default_margin
     split = inspect.signature(autobatch.tune).parameters["validation_split"].default
     assert f"(default {split})" in tune_help
     assert "(default: " + ",".join(f"{f:g}" for f in DEFAULT_EPOCH_FRACTIONS) + ")" in tune_help

@@ -9,7 +9,8 @@ def test_exported_members():
             "AllTrialsFailedError", "AutobatchError", "BatchDoesNotFitError", "FakeMemory",
             "InvalidArgumentError", "InvalidDataError", "InvalidModelError",
             "MissingDependencyError", "NoTrainingError", "ProbeResult", "ProbeTrial",
-            "TrialError", "TuneResult", "TuneTrial", "load_result", "probe", "tune",
+            "TrialError", "TuneResult", "TuneTrial", "WorkerDoesNotFitError", "load_result", "probe",
+            "tune",
         ]
     )
     for name in autobatch.__all__:
