@@ -145,7 +145,7 @@ def probe(
             "Both memory= and memory_limit= were given. Pass one: memory_limit overrides the "
             "detected limit; memory replaces the whole memory backend (which has its own limit)."
         )
-    if isolate and not model_is_file and not chosen_isolation:
+    if isolate or model_is_file:
         try:
             return _probe_isolated(
                 model,
@@ -160,6 +160,8 @@ def probe(
                 worker_imports=worker_imports,
             )
         except WorkerDoesNotFitError as error:
+            if model_is_file or chosen_isolation:
+                raise
             raise WorkerDoesNotFitError(
                 f"{error} This model has already trained in this process, so autobatch "
                 "probed it in worker processes (in-process trials reuse the memory that "
@@ -169,19 +171,6 @@ def probe(
                 "and probe the file from a new process (autobatch.probe('model.keras', "
                 "'train.npz')), or pass isolate=False to probe here at the risk of an OOM kill."
             ) from None
-    if isolate or model_is_file:
-        return _probe_isolated(
-            model,
-            data,
-            memory_limit=memory_limit,
-            margin=margin,
-            max_batch_size=max_batch_size,
-            steps_per_trial=steps_per_trial,
-            memory=memory,
-            isolate=isolate,
-            verbose=verbose,
-            worker_imports=worker_imports,
-        )
     check_model(model)
     training_data = as_training_data(data)
     check_data_matches_model(model, training_data)
