@@ -171,7 +171,8 @@ def verified_answer(
         batch_size = smaller
     if strategy.measured_answers_only:
         # Unverified, but below every batch whose verification failed.
-        return multiple_below(_largest_fitted_below(history, strategy, batch_size), strategy.num_replicas)
+        lowest_failed = min(v.batch_size for v in verifications)
+        return multiple_below(_largest_fitted_below(history, strategy, lowest_failed), strategy.num_replicas)
     return min(v.batch_size for v in verifications)
 
 

@@ -39,7 +39,6 @@ from typing import Any, Sequence
 from autobatch._units import format_bytes
 from autobatch.errors import (
     AutobatchError,
-    BatchDoesNotFitError,
     InvalidArgumentError,
     TrialError,
     WorkerDoesNotFitError,
@@ -251,7 +250,7 @@ def probe_in_workers(
         memory = first.memory
         limit, baseline = int(memory["limit_bytes"]), first.baseline_bytes
         if baseline >= limit:
-            raise BatchDoesNotFitError(
+            raise WorkerDoesNotFitError(
                 f"The memory limit is {format_bytes(limit)} ({memory['limit_source']}) but a "
                 f"worker holding the model and data already uses {format_bytes(baseline)}, "
                 "before any training step. Raise memory_limit, or free memory."

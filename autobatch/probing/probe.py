@@ -364,15 +364,23 @@ def _trained_here_on_host_ram(model: Any, data: Any, memory: MemoryBackend | Non
         return False  # a backend chosen by the caller (a test's FakeMemory), or a file
     if getattr(model, "train_function", None) is None:
         return False  # not trained here (a model loaded with optimizer state counts as fresh)
+    if _keras_backend() != "tensorflow":
+        return False  # the pool below is TensorFlow's
+    if detect_replicas(model).num_replicas > 1:
+        return False  # workers train on one device: they would lose the replicas
     from autobatch.data import ArrayData
     from autobatch.memory import detect_memory
 
     if detect_memory().oom_is_catchable:
         return False  # a GPU: running out is an exception there, and memory is released
     try:
-        arrays = isinstance(as_training_data(data), ArrayData)
+        training_data = as_training_data(data)
     except AutobatchError:
         return False  # bad data: the in-process path explains it
+    # Workers load arrays by name: x or y as a list of arrays cannot be saved for them.
+    arrays = isinstance(training_data, ArrayData) and not any(
+        isinstance(part, (list, tuple)) for part in (training_data.x, training_data.y)
+    )
     if arrays:
         warnings.warn(
             "This model has already trained in this process: TensorFlow keeps that "

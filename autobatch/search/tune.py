@@ -308,8 +308,10 @@ def _probe(
 ) -> ProbeResult:
     from autobatch.probing.probe import probe
 
+    # In-process, as tune has always probed: tune has no isolate option, and its candidates
+    # train in this process anyway.
     return probe(
-        _model_to_probe(model, user_hypermodel), train, verbose=verbose,
+        _model_to_probe(model, user_hypermodel), train, verbose=verbose, isolate=False,
         # memory_limit as given: the probe's cache keys a relative "+SIZE" as such.
         **({"memory_limit": memory_limit} if memory_limit is not None else {"memory": memory}),
     )
