@@ -194,10 +194,10 @@ class ArrayData(TrainingData):
         # pass over all 2048; trials that ran the 503 stopped the probe at 512 where real
         # training fits 887 (benchmarks/README.md).
         inputs = self.verification_inputs(batch_size, steps)
-        if inputs.total_steps and batch_size <= self.num_samples - self.num_samples // 5:
+        if batch_size <= self.num_samples - self.num_samples // 5:
             return FitInputs(inputs.kwargs, None, epochs=2, total_steps=2 * inputs.total_steps)
-        # A batch larger than the training split only exists in a fit without validation:
-        # one pass over all samples, a batch of this size, as that fit runs it.
+        # A batch larger than the training split only exists in a fit without a validation
+        # split: passes over all samples at this batch size, validated at it as fit does.
         kwargs = self._fit_kwargs()
         validation = tuple(_map_leaves(lambda a: a[:batch_size], v) for v in kwargs.values())
         full, remainder = divmod(self.num_samples, batch_size)
