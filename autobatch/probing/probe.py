@@ -105,7 +105,7 @@ def probe(
             from earlier trials. Default: True when ``model`` and ``data`` are paths to a
             ``.keras`` file and an ``.npz`` archive (the command line, pipelines: the
             calling process then never imports TensorFlow), and for a model that has already
-            trained in this process when memory is host RAM and the data are arrays (its
+            trained in this process on TensorFlow, host RAM, one replica and arrays (its
             pooled memory makes in-process trials unsafe; a warning says so); False for
             other model objects (faster: no process start per trial). With a model object
             and True, the model and arrays are saved to a temporary folder, and the answer
