@@ -580,8 +580,10 @@ def launch(
     """Run a chief and ``num_workers`` workers on 127.0.0.1 until the search ends.
 
     The chief's output goes to ours. Returns each process's outcome, the chief first. When
-    every worker has stopped but the chief has not (they all failed), the chief is stopped;
-    when the chief has ended, workers still running after ``timeout`` seconds are stopped.
+    every worker has stopped but the chief has not, the chief is stopped at once if a worker
+    failed (none is left to train), else after ``timeout`` seconds (it is writing its
+    results); when the chief has ended, workers still running after ``timeout`` seconds are
+    stopped.
     """
     if not (isinstance(num_workers, int) and num_workers >= 1):
         raise InvalidArgumentError(f"num_workers={num_workers!r}; expected a positive integer.")
@@ -617,7 +619,13 @@ def launch(
             )
             workers_done = all(t in outcomes for t, _ in processes.values() if t != "chief")
             if workers_done and "chief" not in outcomes:
-                _terminate(processes, "chief")  # no worker left to train: it would wait forever
+                if any(o.returncode != 0 for t, o in outcomes.items() if t != "chief"):
+                    _terminate(processes, "chief")  # no worker left to train: it would wait forever
+                elif grace_until is None:
+                    # Workers leave once the oracle says the search is over, while the chief
+                    # may still be writing its results (the benchmark's chief was stopped
+                    # after writing its JSON, before it exited): it gets the grace period.
+                    grace_until = time.perf_counter() + (timeout or DEFAULT_TIMEOUT)
             if tuner_id == "chief" and child.returncode != 0:
                 grace_until = time.perf_counter()  # it failed: no worker will get a candidate
     finally:
@@ -629,18 +637,21 @@ def launch(
     return [outcomes[t] for t in order if t in outcomes]
 
 
+# Both signal with os.kill, not Popen's methods: those first poll the child, which reaps it if
+# it has just exited, and `launch`'s os.wait4 then finds no child to wait for and raises.
 def _terminate(processes: dict[int, tuple[str, subprocess.Popen]], tuner_id: str) -> None:
-    for name, child in processes.values():
-        if name == tuner_id and child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+    for pid, (name, _) in processes.items():
+        if name == tuner_id:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 def _stop_stragglers(processes: dict, outcomes: dict, grace_until: float | None) -> None:
     if grace_until is not None and time.perf_counter() > grace_until:
-        for tuner_id, child in processes.values():
+        for pid, (tuner_id, _) in processes.items():
             if tuner_id not in outcomes:
                 with contextlib.suppress(ProcessLookupError):
-                    child.kill()
+                    os.kill(pid, signal.SIGKILL)
 
 
 def limit_threads(threads: int) -> None:
