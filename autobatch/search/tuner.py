@@ -548,8 +548,7 @@ class BatchTuner(keras_tuner.Tuner):
 
     def _save_record(self, trial_id: str, record: TuneTrial) -> None:
         path = os.path.join(self.get_trial_dir(trial_id), RECORD_FILE)
-        with open(path, "w", encoding="utf-8") as file:
-            json.dump(dataclasses.asdict(record), file)
+        _write_json_whole(path, dataclasses.asdict(record))
         self._finished[trial_id] = record
 
     def records(self) -> list[TuneTrial]:
@@ -563,6 +562,16 @@ class BatchTuner(keras_tuner.Tuner):
                 known = {f.name for f in dataclasses.fields(TuneTrial)}
                 found.append(TuneTrial(**{k: v for k, v in data.items() if k in known}))
         return found
+
+
+def _write_json_whole(path: str, data: Any) -> None:
+    """Write ``data`` to a file beside ``path``, then rename it there: the chief reads every
+    record (`BatchTuner.records`) while workers write theirs, and a half-written one failed
+    the distributed benchmark's search (JSONDecodeError)."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        json.dump(data, file)
+    os.replace(temporary, path)
 
 
 class _OutOfTime(BaseException):

@@ -111,3 +111,32 @@ def test_a_candidate_its_run_stopped_before_its_first_validation_fails_saying_wh
     failed = [t for t in tuner_trials if t["status"] == "FAILED"]
     assert len(failed) == 2
     assert all("stopped before its first validation" in t["message"] for t in failed)
+
+
+def test_a_trial_record_being_written_is_never_seen_half_written(tmp_path, monkeypatch):
+    # The chief reads every record while workers write theirs: a reader sees the old record
+    # or the new one, never a file the writer has only begun.
+    import json
+
+    from autobatch.search import tuner
+
+    path = str(tmp_path / "trial_record.json")
+    tuner._write_json_whole(path, {"val_loss": 1.0})
+    seen = []
+    real_dump = json.dump
+
+    def dump_and_look(data, file):
+        file.write("{")  # part of the new record is out, flushed, when a reader looks
+        file.flush()
+        with open(path, encoding="utf-8") as reader:
+            seen.append(json.load(reader))
+        file.seek(0)
+        file.truncate()
+        real_dump(data, file)
+
+    monkeypatch.setattr(tuner.json, "dump", dump_and_look)
+    tuner._write_json_whole(path, {"val_loss": 0.5})
+    assert seen == [{"val_loss": 1.0}]
+    with open(path, encoding="utf-8") as reader:
+        assert json.load(reader) == {"val_loss": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trial_record.json"]
