@@ -181,24 +181,37 @@ class SuccessiveHalvingOracle(keras_tuner.Oracle):
         for started in self.start_order:
             trial = self.trials[started]
             rounds[trial.hyperparameters.values.get("tuner/round", 0)].append(trial)
-        if len(rounds[0]) < len(self.candidates):
-            return self._running(self.candidates[len(rounds[0])], round_num=0)
+        first_round = self._next_unstarted(self.candidates, rounds[0])
+        if first_round is not None:
+            return self._running(first_round, round_num=0)
         for round_num in range(1, len(self.round_sizes)):
             previous = rounds[round_num - 1]
             ongoing = {t.trial_id for t in self.ongoing_trials.values()}
             if any(t.trial_id in ongoing for t in previous):
                 return {"status": "IDLE"}  # another worker's trial may still change the order
             kept = self._promoted_batch_sizes(previous, self.round_sizes[round_num])
-            started = {_key(public_values(t.hyperparameters.values)) for t in rounds[round_num]}
-            earlier = {_key(public_values(t.hyperparameters.values)): t.trial_id
-                       for t in previous}
-            for batch_size in kept:
-                for values in self.candidates:
-                    key = _key(values)
-                    if values[BATCH_SIZE] == batch_size and key not in started:
-                        return self._running(values, round_num=round_num,
-                                             past_id=earlier.get(key))
+            promoted = [values for batch_size in kept for values in self.candidates
+                        if values[BATCH_SIZE] == batch_size]
+            values = self._next_unstarted(promoted, rounds[round_num])
+            if values is not None:
+                earlier = {_key(public_values(t.hyperparameters.values)): t.trial_id
+                           for t in previous}
+                return self._running(values, round_num=round_num,
+                                     past_id=earlier.get(_key(values)))
         return {"status": "IDLE" if self.ongoing_trials else "STOPPED"}
+
+    def _next_unstarted(
+        self, candidates: list[dict[str, Any]], started_trials: list[Any]
+    ) -> dict[str, Any] | None:
+        """The first of ``candidates`` not started yet, preferring a batch size no worker is
+        training now: candidates of one batch size share one run, and a worker handed a
+        sibling of a run in progress waits for it (the distributed benchmark's 2 workers
+        were no faster than 1, each waiting on the other's run in turn)."""
+        started = {_key(public_values(t.hyperparameters.values)) for t in started_trials}
+        pending = [values for values in candidates if _key(values) not in started]
+        busy = {t.hyperparameters.values.get(BATCH_SIZE) for t in self.ongoing_trials.values()}
+        free = [values for values in pending if values[BATCH_SIZE] not in busy]
+        return (free or pending or [None])[0]
 
     def _promoted_batch_sizes(self, trials: list[Any], num_kept: int) -> list[Any]:
         """The best ``num_kept`` batch sizes among ``trials`` still improving, best first."""

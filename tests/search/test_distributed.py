@@ -333,3 +333,28 @@ def test_workers_stop_when_the_chief_is_gone(files):
     assert worker.returncode != 0
     assert "did not answer GetTrial within 2 s" in stderr.decode()
 
+
+
+def test_a_second_worker_gets_a_batch_size_no_worker_is_training(tmp_path):
+    # Candidates of one batch size share one run: a worker handed 8 x 2 while another trains
+    # 8 x 1 would wait for that run, and 2 workers would be no faster than 1.
+    candidates = [{"batch_size": b, "steps_per_epoch": s} for b in (8, 16) for s in (1, 2)]
+    oracle = make_oracle("halving", max_trials=None, seed=1, hyperband_epochs=1,
+                         candidates=candidates)
+    oracle._set_project_dir(str(tmp_path), "project")
+    space = keras_tuner.HyperParameters()
+    space.Choice("batch_size", [8, 16])
+    space.Choice("steps_per_epoch", [1, 2])
+    oracle.update_space(space)
+
+    def taken(trial):
+        values = trial.hyperparameters.values
+        return values["batch_size"], values["steps_per_epoch"]
+
+    first, second = oracle.create_trial("worker-a"), oracle.create_trial("worker-b")
+    assert (taken(first), taken(second)) == ((8, 1), (16, 1))
+    oracle.update_trial(first.trial_id, {"val_loss": 0.5})
+    oracle.end_trial(first)
+    # Only 8 x 2 and 16 x 2 are left, and 16 is busy: its sibling waits for a free batch size.
+    assert taken(oracle.create_trial("worker-a")) == (8, 2)
+    assert taken(oracle.create_trial("worker-c")) == (16, 2)  # all busy: the first left
