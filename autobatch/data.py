@@ -67,6 +67,14 @@ class TrainingData:
         per epoch)."""
         raise NotImplementedError
 
+    def batch_shapes_load(self, batch_size: int) -> int:
+        """The distinct batch sizes a trial at ``batch_size`` runs, summed over its training
+        and its validation: on TF/CPU each shape keeps its own memory (kernels, buffers)
+        while the process lives, so an LSTM trial at 600 samples (shapes 600 and 438, then
+        410 to validate: 1448) peaked 287 MiB above one at 540 (540, 18, 410: 968) where
+        its line predicted 70. Data of unknown size: the batch size."""
+        return batch_size
+
     #: True when the inputs of `search_inputs` never run out (an infinite dataset, a callable).
     endless: bool = False
 
@@ -208,12 +216,19 @@ class ArrayData(TrainingData):
             total_steps=2 * (full + (remainder > 0)),
         )
 
+    def batch_shapes_load(self, batch_size: int) -> int:
+        num_train, num_validation = _split_sizes(self.num_samples)
+        if batch_size > num_train:  # see probe_inputs: all samples, validated on one batch
+            num_train, num_validation = self.num_samples, batch_size
+        training = {batch_size, num_train % batch_size}  # a remainder of 0 adds nothing
+        validation = {min(batch_size, num_validation), num_validation % batch_size}
+        return sum(training) + sum(validation)
+
     def verification_inputs(self, batch_size: int, max_steps: int) -> FitInputs:
         # As model.fit(x, y, batch_size=b, validation_split=0.2) runs: the last fifth
         # validates, each pass ends with its partial batch. The user's own arrays are passed
         # (not the trials' tensors), so fit copies them exactly as the user's fit will.
-        num_validation = self.num_samples // 5 if self.num_samples >= 5 else 0
-        num_train = self.num_samples - num_validation
+        num_train, num_validation = _split_sizes(self.num_samples)
         train = _partial_batch_preserving_size(num_train, batch_size, max_steps)
         validation = _partial_batch_preserving_size(
             num_validation, batch_size, max(1, max_steps // 4)
@@ -466,6 +481,12 @@ class CallableData(TrainingData):
                     "never end. Return a finite dataset for validation_data."
                 )
         return batches
+
+
+def _split_sizes(num_samples: int) -> tuple[int, int]:
+    """Training and validation samples of the probe's ``validation_split=0.2``."""
+    num_validation = num_samples // 5 if num_samples >= 5 else 0
+    return num_samples - num_validation, num_validation
 
 
 def _partial_batch_preserving_size(num_samples: int, batch_size: int, max_steps: int) -> int:

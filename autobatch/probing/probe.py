@@ -238,6 +238,7 @@ def probe(
             max_batch_size=sample_cap,
             oom_is_catchable=memory.oom_is_catchable,
             min_margin_bytes=memory.min_margin_bytes,
+            shape_load=training_data.batch_shapes_load,
         )
         trial_data = training_data.for_trials()
         # Host RAM: the watchdog ends a trial the moment its peak passes the margin, so a

@@ -146,6 +146,9 @@ class ReplicaProbeStrategy(ProbeStrategy):
                 "or more training samples."
             )
         per_replica_cap = None if max_batch_size is None else max_batch_size // num_replicas
+        global_load = settings.pop("shape_load", None)
+        if global_load is not None:  # the search steps per replica; the data's shapes are global
+            settings["shape_load"] = lambda per_replica: global_load(per_replica * num_replicas)
         super().__init__(max_batch_size=per_replica_cap, **settings)
         self.num_replicas = num_replicas
 

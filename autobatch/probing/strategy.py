@@ -28,11 +28,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 #: Host RAM: a step goes at most this fraction of the room left (1/4): an LSTM's step predicted
 #: at 148 MiB cost 407 (2.75x, validation included), and a trial past the margin leaves its
 #: memory pooled in the process for the verification and the caller's next fit.
 HOST_STEP_DIVISOR = 4.0
+#: Host RAM: a step bounded over summed batch shapes may rise this many times a step's share.
+SHAPE_STEP_FACTOR = 2.0
+#: Host RAM: at most this many batch sizes are scanned for one whose shapes fit a step.
+MAX_SHAPE_SCAN = 100_000
 #: Host RAM: steps that rose by less than this share of the free memory do not count towards
 #: `ProbeStrategy.surprise` as predictions (their slope is scatter).
 FLAT_RISE = 0.02
@@ -98,6 +103,7 @@ class ProbeStrategy:
         max_trials: int | None = None,
         min_margin_bytes: int = 0,
         measured_answers_only: bool = False,
+        shape_load: Callable[[int], int] | None = None,
     ) -> None:
         self.limit_bytes = limit_bytes
         self.baseline_bytes = baseline_bytes
@@ -126,6 +132,12 @@ class ProbeStrategy:
         #: a spike (a CNN's verification peaked at 880 MiB at 553 samples, 807 at 528; a
         #: trial at 665 peaked at 764).
         self.measured_answers_only = measured_answers_only
+        #: Host RAM: the batch sizes a trial at ``b`` runs, summed (its partial batches and
+        #: validation included; `autobatch.data.TrainingData.batch_shapes_load`). Where
+        #: every shape keeps its own memory, a step to a batch with a large partial batch
+        #: costs several times what the line over batch sizes predicts, so steps are also
+        #: bounded over this sum (`_bounded_by_shapes`). None: the batch size alone.
+        self.shape_load = shape_load
         #: Why the last call to `propose` returned None, in words.
         self.stop_reason = ""
 
@@ -270,6 +282,11 @@ class ProbeStrategy:
                 # peaked 77 MiB higher, 99% of the limit).
                 return None, "within half the margin of the usable memory"
             target = min(edge, step)
+            if self.shape_load is not None:
+                bounded = self._bounded_by_shapes(history, largest_fit, min(math.floor(target), cap))
+                if bounded is None:
+                    return None, "every larger batch adds batch shapes that could cross the limit"
+                target = bounded
         else:
             target = edge
         batch_size = int(min(max(math.floor(target), largest_fit + 1), cap))
@@ -293,8 +310,21 @@ class ProbeStrategy:
         at 570 at 929, once its allocator had handed memory back), and a larger batch that
         peaked lower is scatter, not room.
         """
+        rise = self._host_rise(history, model)
+        if rise is None:
+            return None
         measured = _largest_peaks(history)
         largest = max(measured)
+        growth = largest * self.max_growth
+        slope = self._step_slope(measured, model)
+        if slope <= 0:
+            return growth
+        return min(largest + rise / slope, growth)
+
+    def _host_rise(self, history: list[Observation], model: MemoryModel) -> float | None:
+        """How far above the highest peak so far the next host step may go (see
+        `_host_step`); None when the scatter leaves no room."""
+        measured = _largest_peaks(history)
         fitted = self._fitted_peaks(measured)
         # Scatter around the fitted line even where its slope is useless (flat or negative
         # from noise): measured against the fallback line through the baseline instead, the
@@ -302,15 +332,50 @@ class ProbeStrategy:
         line = _least_squares(fitted) if len(fitted) >= 2 else model
         scatter = max(abs(peak - line.predict(b)) for b, peak in fitted.items())
         scatter = max(scatter, _largest_inversion(measured))
-        slope = self._step_slope(measured, model)
         room = self.limit_bytes - max(measured.values()) - scatter
         if room <= 0:
             return None
-        growth = largest * self.max_growth
-        if slope <= 0:
-            return growth
         share = 1.0 / max(HOST_STEP_DIVISOR, 1.5 * self.surprise(history))
-        return min(largest + room * share / slope, growth)
+        return room * share
+
+    def _bounded_by_shapes(self, history: list[Observation], low: int, high: int) -> int | None:
+        """The largest batch in ``(low, max(high, low + 1)]`` whose summed batch shapes
+        (`shape_load`) stay within the step's allowed rise; None when none does.
+
+        The cost of a shape unit is the steepest rise from the smallest measured load to
+        any measured load at least half the largest: an upper bound, as the host step's
+        slope is. Loads are not monotone in the batch (600 samples of 1639 leave a partial
+        batch of 439, 546 leave 1), so the batches are scanned from the top down.
+        """
+        assert self.shape_load is not None
+        measured = _largest_peaks(history)
+        model = self.memory_model(history)
+        rise = None if model is None else self._host_rise(history, model)
+        if rise is None:
+            return None
+        # The step's share of the room allows for a slope that the batch sizes hide; the
+        # steepest slope over the shapes already accounts for it, so it may take twice that.
+        rise *= SHAPE_STEP_FACTOR
+        loads = {b: self.shape_load(b) for b in measured}
+        base = min(measured, key=lambda b: (loads[b], b))
+        top_load = max(loads.values())
+        slope = max(
+            ((measured[b] - measured[base]) / (loads[b] - loads[base])
+             for b in measured if loads[b] > loads[base] and 2 * loads[b] >= top_load),
+            default=0.0,
+        )
+        high = max(high, low + 1)
+        if slope <= 0:
+            return high
+        highest = max(measured, key=lambda b: measured[b])
+        ceiling = min(
+            loads[highest] + rise / slope,
+            loads[base] + (measured[highest] + rise - measured[base]) / slope,
+        )
+        for batch_size in range(high, max(low, high - MAX_SHAPE_SCAN), -1):
+            if self.shape_load(batch_size) <= ceiling:
+                return batch_size
+        return None
 
     def _step_slope(self, measured: dict[int, int], model: MemoryModel) -> float:
         """Bytes a sample to size host steps with: the steeper of the fitted slope and the
