@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -95,6 +96,7 @@ class Workers:
         *,
         memory_limit: int | str | None,
         imports: Sequence[str] = (),
+        import_paths: Sequence[str] = (),
         debug: bool = False,
         command: list[str] | None = None,
     ) -> None:
@@ -102,6 +104,8 @@ class Workers:
         self.data_path = data_path
         self.memory_limit = memory_limit
         self.imports = list(imports)
+        #: Folders the worker adds to its module path before ``imports``.
+        self.import_paths = list(import_paths)
         self.debug = debug
         # Tests swap in a worker that fakes its memory; see tests/probing/test_isolated.py.
         self.command = command or [sys.executable, "-m", "autobatch.probing.worker"]
@@ -116,6 +120,7 @@ class Workers:
             "data": str(self.data_path),
             "memory_limit": self.memory_limit,
             "imports": self.imports,
+            "import_paths": self.import_paths,
             "debug": self.debug,
             **options,
         }
@@ -225,6 +230,7 @@ def probe_in_workers(
     steps_per_trial: int,
     verbose: int,
     worker_imports: Sequence[str] = (),
+    import_paths: Sequence[str] = (),
     command: list[str] | None = None,
 ) -> ProbeResult:
     """`autobatch.probe` with each trial and verification in a new process (see the module)."""
@@ -236,7 +242,8 @@ def probe_in_workers(
     own_memory.release()
     memory_before = own_memory.current_bytes()
     workers = Workers(
-        model_path, data_path, memory_limit=memory_limit, imports=worker_imports, command=command
+        model_path, data_path, memory_limit=memory_limit, imports=worker_imports,
+        import_paths=import_paths, command=command,
     )
     progress = report.probe_progress(verbose)
     history: list[Observation] = []
@@ -331,9 +338,42 @@ def probe_in_workers(
 def probe_saved_model(model: Any, training_data: Any, **options: Any) -> ProbeResult:
     """`probe_in_workers` for a model object: saved to a temporary folder for the workers."""
     folder = Path(tempfile.mkdtemp(prefix=f"autobatch-isolated-{os.getpid()}-"))
+    modules, folders = _custom_object_modules(model)
+    options["worker_imports"] = [*options.get("worker_imports", ()), *modules]
     try:
         model_path, data_path = saved_for_workers(model, training_data, folder)
-        return probe_in_workers(model_path, data_path, **options)
+        return probe_in_workers(model_path, data_path, import_paths=folders, **options)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
+
+
+def _custom_object_modules(model: Any) -> tuple[list[str], list[str]]:
+    """The modules that define ``model``'s own classes (the model, its layers at any depth,
+    its loss), and the folders they are imported from, so that a worker loading the saved
+    model finds them as this process did: a model object probed automatically in workers
+    has no ``worker_imports`` from its caller (the zoo's batch attention model was refused,
+    its layer unknown to the worker). Classes of ``__main__`` cannot be imported elsewhere.
+    """
+    names = [type(layer).__module__
+             for layer in model._flatten_layers(include_self=True, recursive=True)]
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, types.FunctionType):
+        names.append(loss.__module__)
+    elif loss is not None and not isinstance(loss, str):
+        names.append(type(loss).__module__)
+    modules: list[str] = []
+    folders: list[str] = []
+    for name in names:
+        if name.split(".")[0] in ("keras", "tensorflow", "tf_keras", "builtins", "__main__"):
+            continue
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if module is None or file is None or name in modules:
+            continue
+        modules.append(name)
+        depth = name.count(".") + (Path(file).name == "__init__.py")
+        root = str(Path(file).resolve().parents[depth])
+        if root not in folders:
+            folders.append(root)
+    return modules, folders

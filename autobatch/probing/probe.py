@@ -113,7 +113,8 @@ def probe(
             not cached.
         worker_imports: Modules each worker imports before loading the model: those that
             register its custom layers (``@keras.saving.register_keras_serializable()``),
-            e.g. ``["my_project.layers"]``.
+            e.g. ``["my_project.layers"]``. For a model object they are found by itself
+            (the modules of its model, layer and loss classes, outside ``__main__``).
 
     Returns:
         A `ProbeResult`; ``result.max_batch_size`` is the answer.

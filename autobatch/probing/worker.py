@@ -51,6 +51,9 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from autobatch.probing.trial import run_trial
     from autobatch.probing.verify import verify
 
+    for folder in job.get("import_paths", []):
+        if folder not in sys.path:
+            sys.path.append(folder)
     for module in job.get("imports", []):
         _import_for_custom_objects(module)
     model = load_model(Path(job["model"]))

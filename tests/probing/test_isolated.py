@@ -140,3 +140,45 @@ def test_isolate_needs_arrays_and_files_need_each_other(tmp_path):
         autobatch.probe(tmp_path / "model.keras", tmp_path / "d.npz", isolate=False)
     with pytest.raises(InvalidDataError, match="no such file"):
         autobatch.probe(tmp_path / "model.keras", tmp_path / "d.npz")
+
+
+CUSTOM_LAYER_MODULE = '''
+import keras
+
+
+@keras.saving.register_keras_serializable(package="autobatch_test_layers")
+class Doubled(keras.layers.Layer):
+    def call(self, inputs):
+        return inputs * 2.0
+'''
+
+
+def test_a_model_objects_custom_layers_are_imported_by_its_workers(tmp_path, monkeypatch):
+    # A model object probed in workers automatically (it trained here) has no worker_imports
+    # from its caller: the workers import what defines its classes, from where this process
+    # found it (the zoo's batch attention model was refused, its layer unknown there).
+    import importlib
+
+    import keras
+
+    from autobatch.data import as_training_data
+    from autobatch.probing.isolated import Workers, _custom_object_modules
+
+    package = tmp_path / "code" / "autobatch_test_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text(CUSTOM_LAYER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    layers = importlib.import_module("autobatch_test_pkg.layers")
+    model = keras.Sequential([keras.Input((3,)), layers.Doubled(), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+
+    modules, folders = _custom_object_modules(model)
+    assert (modules, folders) == (["autobatch_test_pkg.layers"], [str(tmp_path / "code")])
+
+    data = as_training_data((np.ones((16, 3), "float32"), np.ones((16, 1), "float32")))
+    model_path, data_path = saved_for_workers(model, data, tmp_path)
+    workers = Workers(model_path, data_path, memory_limit=None, imports=modules,
+                      import_paths=folders)
+    answer = workers.run("trial", 2, steps=1, stop_above_bytes=None)
+    assert answer.outcome is not None and answer.outcome["peak_bytes"] > 0
