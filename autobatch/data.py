@@ -224,6 +224,38 @@ class ArrayData(TrainingData):
         validation = {min(batch_size, num_validation), num_validation % batch_size}
         return sum(training) + sum(validation)
 
+    def unfed_pipeline(self, inputs: FitInputs) -> Any:
+        """Keras' input pipeline over as many samples as ``inputs`` (cut to a few steps)
+        leave out, started and returned to be kept alive while a worker trains; None when
+        nothing is left out (or on backends other than TensorFlow).
+
+        ``fit`` copies the arrays it is given several times over (Keras converts them to
+        tensors, tf.data holds them): 200 MiB of float32 cost 789 MiB above the baseline in
+        a 2-step fit over all of them, 42 over the 192 samples those steps use. A cut trial
+        in a new process would miss that on a large dataset; with this pipeline over the
+        rest beside it, the cut fit peaked at 804 MiB.
+        """
+        fed = sum(
+            len(_leaves(part)[0])
+            for part in (inputs.kwargs["x"], *inputs.kwargs.get("validation_data", ())[:1])
+        )
+        missing = max(0, self.num_samples - fed)
+        import keras
+
+        if not missing or keras.backend.backend() != "tensorflow":
+            return None
+        try:
+            # Keras' own adapter, private: copying its conversions by hand would drift from
+            # what fit does. A Keras that moves it loses only this correction.
+            from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+        except ImportError:
+            return None
+        left_out = {k: _map_leaves(lambda a: a[:missing], v) for k, v in self._fit_kwargs().items()}
+        adapter = ArrayDataAdapter(**left_out, batch_size=inputs.kwargs["batch_size"], shuffle=True)
+        pipeline = iter(adapter.get_tf_dataset())
+        next(pipeline)
+        return pipeline
+
     def verification_inputs(self, batch_size: int, max_steps: int) -> FitInputs:
         # As model.fit(x, y, batch_size=b, validation_split=0.2) runs: the last fifth
         # validates, each pass ends with its partial batch. The user's own arrays are passed

@@ -115,3 +115,19 @@ def test_the_batch_shapes_of_a_trial_are_those_fit_with_validation_split_runs():
     assert fits.kwargs["batch_size"] == 600
     assert len(fits.kwargs["x"]) % 600 == 439
     assert len(fits.kwargs["validation_data"][0]) == 409
+
+
+def test_a_workers_cut_trial_also_holds_the_pipeline_fit_builds_over_the_rest():
+    # fit copies the arrays it gets whole; a trial cut to a few steps gets a fraction of
+    # them, so a worker keeps Keras' pipeline over the samples left out while it trains.
+    data = ArrayData(np.arange(3000, dtype="float32").reshape(1000, 3), np.zeros(1000))
+    inputs = data.probe_inputs(10, steps=3)
+    fed = len(inputs.kwargs["x"]) + len(inputs.kwargs["validation_data"][0])
+    pipeline = data.unfed_pipeline(inputs)
+    x, y = next(pipeline)[:2]
+    assert x.shape == (10, 3) and y.shape == (10,)
+    assert 0 < fed < 1000
+    # One batch taken to start it, one above: the pipeline holds exactly the rest.
+    assert 20 + sum(len(batch[0]) for batch in pipeline) == 1000 - fed
+    # All of it fed (a batch as large as the training split): nothing to hold.
+    assert data.unfed_pipeline(data.probe_inputs(800, steps=3)) is None

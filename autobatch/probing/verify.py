@@ -57,6 +57,10 @@ def _stability_stopper(memory: MemoryBackend, tolerance_bytes: int, epoch_peaks:
     return StopWhenPeakIsStable()
 
 
+#: Steps of an epoch in a verification: huge datasets stay cheap to verify.
+MAX_STEPS = 64
+
+
 def verify(
     model: Any,
     data: TrainingData,
@@ -66,7 +70,7 @@ def verify(
     stop_above_bytes: int | None,
     growth_tolerance_bytes: int,
     max_epochs: int = 4,
-    max_steps: int = 64,
+    max_steps: int = MAX_STEPS,
 ) -> VerificationOutcome:
     """Train ``model`` at ``batch_size`` as ``fit`` will, until its peak stops growing.
 

@@ -49,7 +49,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from autobatch.data_check import check_data_matches_model
     from autobatch.files import load_model, load_npz
     from autobatch.probing.trial import run_trial
-    from autobatch.probing.verify import verify
+    from autobatch.probing.verify import MAX_STEPS, verify
 
     for folder in job.get("import_paths", []):
         if folder not in sys.path:
@@ -69,6 +69,12 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "versions": library_versions(),
     }
     batch_size = int(job["batch_size"])
+    # Kept alive through the run: see ArrayData.unfed_pipeline (on a large dataset the cut
+    # trials would otherwise count a fraction of the copies that fit makes of it).
+    unfed = data.unfed_pipeline(
+        data.probe_inputs(batch_size, int(job["steps"])) if job["kind"] == "trial"
+        else data.verification_inputs(batch_size, MAX_STEPS)
+    )
     outcome: Any
     if job["kind"] == "trial":
         # The arrays as loaded, not `for_trials` tensors: one trial per process copies them
@@ -91,6 +97,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             growth_tolerance_bytes=int(job["growth_tolerance_bytes"]),
         )
     answer["outcome"] = dataclasses.asdict(outcome)
+    del unfed
     return answer
 
 
