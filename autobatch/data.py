@@ -16,6 +16,7 @@ every measured peak.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,6 +25,8 @@ import numpy as np
 from autobatch._quiet import import_tensorflow_quietly
 from autobatch.errors import InvalidDataError
 
+#: The share of the arrays that the probe validates on, as ``fit(validation_split=0.2)``.
+VALIDATION_SPLIT = 0.2
 #: How many elements (or batches, for a callable) are scanned to find the largest one.
 SCAN_LIMIT = 10_000
 SCAN_BATCHES = 16
@@ -202,7 +205,7 @@ class ArrayData(TrainingData):
         # pass over all 2048; trials that ran the 503 stopped the probe at 512 where real
         # training fits 887 (benchmarks/README.md).
         inputs = self.verification_inputs(batch_size, steps)
-        if batch_size <= self.num_samples - self.num_samples // 5:
+        if batch_size <= _split_sizes(self.num_samples)[0]:
             return FitInputs(inputs.kwargs, None, epochs=2, total_steps=2 * inputs.total_steps)
         # A batch larger than the training split only exists in a fit without a validation
         # split: passes over all samples at this batch size, validated at it as fit does.
@@ -516,9 +519,13 @@ class CallableData(TrainingData):
 
 
 def _split_sizes(num_samples: int) -> tuple[int, int]:
-    """Training and validation samples of the probe's ``validation_split=0.2``."""
-    num_validation = num_samples // 5 if num_samples >= 5 else 0
-    return num_samples - num_validation, num_validation
+    """Training and validation samples of ``fit(validation_split=0.2)``, split as Keras
+    splits them (``floor(n * 0.8)`` to train: 1638 and 410 of 2048, where ``n // 5`` gave
+    409, so every trial's partial batches differed from real training's by a sample)."""
+    num_train = int(math.floor(num_samples * (1.0 - VALIDATION_SPLIT)))
+    if num_train in (0, num_samples):  # too few samples to split: Keras refuses; all train
+        return num_samples, 0
+    return num_train, num_samples - num_train
 
 
 def _partial_batch_preserving_size(num_samples: int, batch_size: int, max_steps: int) -> int:

@@ -103,18 +103,18 @@ def test_the_users_arrays_are_not_modified(mlp):
 
 def test_the_batch_shapes_of_a_trial_are_those_fit_with_validation_split_runs():
     data = ArrayData(np.zeros((2048, 3)), np.zeros(2048))
-    # 1639 training samples, 409 validating: 600 leaves a partial batch of 439 in training,
-    # and validation runs one batch of 409.
-    assert data.batch_shapes_load(600) == 600 + 439 + 409
-    assert data.batch_shapes_load(546) == 546 + 1 + 409
+    # Keras splits 1638 to train, 410 to validate: 600 leaves a partial batch of 438 in
+    # training, and validation runs one batch of 410; 546 divides 1638.
+    assert data.batch_shapes_load(600) == 600 + 438 + 410
+    assert data.batch_shapes_load(546) == 546 + 410
     assert data.batch_shapes_load(1) == 1 + 1  # no partial batch anywhere
-    assert data.batch_shapes_load(100) == 100 + 39 + 100 + 9
+    assert data.batch_shapes_load(100) == 100 + 38 + 100 + 10
     # Above the training split the probe runs passes over all samples, validated at the batch.
     assert data.batch_shapes_load(1700) == 1700 + 348 + 1700
     fits = data.probe_inputs(600, steps=3)
     assert fits.kwargs["batch_size"] == 600
-    assert len(fits.kwargs["x"]) % 600 == 439
-    assert len(fits.kwargs["validation_data"][0]) == 409
+    assert len(fits.kwargs["x"]) % 600 == 438
+    assert len(fits.kwargs["validation_data"][0]) == 410
 
 
 def test_a_workers_cut_trial_also_holds_the_pipeline_fit_builds_over_the_rest():

@@ -344,8 +344,8 @@ class ProbeStrategy:
 
         The cost of a shape unit is the steepest rise from the smallest measured load to
         any measured load at least half the largest: an upper bound, as the host step's
-        slope is. Loads are not monotone in the batch (600 samples of 1639 leave a partial
-        batch of 439, 546 leave 1), so the batches are scanned from the top down.
+        slope is. Loads are not monotone in the batch (600 samples of 1638 leave a partial
+        batch of 438, 546 leave none), so the batches are scanned from the top down.
         """
         assert self.shape_load is not None
         measured = _largest_peaks(history)
