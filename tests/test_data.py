@@ -117,6 +117,8 @@ def test_the_batch_shapes_of_a_trial_are_those_fit_with_validation_split_runs():
     assert len(fits.kwargs["validation_data"][0]) == 410
 
 
+@pytest.mark.skipif(__import__("keras").backend.backend() != "tensorflow",
+                    reason="the pipeline is Keras' TensorFlow input pipeline")
 def test_a_workers_cut_trial_also_holds_the_pipeline_fit_builds_over_the_rest():
     # fit copies the arrays it gets whole; a trial cut to a few steps gets a fraction of
     # them, so a worker keeps Keras' pipeline over the samples left out while it trains.

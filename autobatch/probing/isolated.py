@@ -372,8 +372,8 @@ def _custom_object_modules(model: Any) -> tuple[list[str], list[str]]:
         if module is None or file is None or name in modules:
             continue
         modules.append(name)
-        depth = name.count(".") + (Path(file).name == "__init__.py")
-        root = str(Path(file).resolve().parents[depth])
-        if root not in folders:
-            folders.append(root)
+        depth = name.count(".") + hasattr(module, "__path__")  # a package: its folder's parent
+        parents = Path(file).resolve().parents
+        if depth < len(parents) and str(parents[depth]) not in folders:
+            folders.append(str(parents[depth]))
     return modules, folders

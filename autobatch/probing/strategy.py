@@ -36,7 +36,7 @@ from typing import Callable
 HOST_STEP_DIVISOR = 4.0
 #: Host RAM: a step bounded over summed batch shapes may rise this many times a step's share.
 SHAPE_STEP_FACTOR = 2.0
-#: Host RAM: at most this many batch sizes are scanned for one whose shapes fit a step.
+#: Host RAM: at most about this many batch sizes are scanned for one whose shapes fit a step.
 MAX_SHAPE_SCAN = 100_000
 #: Host RAM: steps that rose by less than this share of the free memory do not count towards
 #: `ProbeStrategy.surprise` as predictions (their slope is scatter).
@@ -372,7 +372,10 @@ class ProbeStrategy:
             loads[highest] + rise / slope,
             loads[base] + (measured[highest] + rise - measured[base]) / slope,
         )
-        for batch_size in range(high, max(low, high - MAX_SHAPE_SCAN), -1):
+        # Every batch from the top down; past MAX_SHAPE_SCAN of them, evenly spaced ones
+        # (batches of 100k samples and more, where a few samples matter little).
+        stride = max(1, math.ceil((high - low) / MAX_SHAPE_SCAN))
+        for batch_size in range(high, low, -stride):
             if self.shape_load(batch_size) <= ceiling:
                 return batch_size
         return None

@@ -580,10 +580,10 @@ def launch(
     """Run a chief and ``num_workers`` workers on 127.0.0.1 until the search ends.
 
     The chief's output goes to ours. Returns each process's outcome, the chief first. When
-    every worker has stopped but the chief has not, the chief is stopped at once if a worker
-    failed (none is left to train), else after ``timeout`` seconds (it is writing its
-    results); when the chief has ended, workers still running after ``timeout`` seconds are
-    stopped.
+    every worker has stopped but the chief has not, the chief is sent SIGTERM at once if
+    every worker failed (none is left to train), and killed if still running ``timeout``
+    seconds later (also when a worker ended cleanly: the chief is then writing its results);
+    when the chief has ended, workers still running after ``timeout`` seconds are stopped.
     """
     if not (isinstance(num_workers, int) and num_workers >= 1):
         raise InvalidArgumentError(f"num_workers={num_workers!r}; expected a positive integer.")
@@ -619,12 +619,13 @@ def launch(
             )
             workers_done = all(t in outcomes for t, _ in processes.values() if t != "chief")
             if workers_done and "chief" not in outcomes:
-                if any(o.returncode != 0 for t, o in outcomes.items() if t != "chief"):
+                if all(o.returncode != 0 for t, o in outcomes.items() if t != "chief"):
                     _terminate(processes, "chief")  # no worker left to train: it would wait forever
-                elif grace_until is None:
-                    # Workers leave once the oracle says the search is over, while the chief
-                    # may still be writing its results (the benchmark's chief was stopped
-                    # after writing its JSON, before it exited): it gets the grace period.
+                if grace_until is None:
+                    # A worker that ended cleanly left because the oracle said the search is
+                    # over, while the chief may still be writing its results (the benchmark's
+                    # chief was stopped after writing its JSON, before it exited): it gets
+                    # the grace period. After SIGTERM, the period bounds a chief ignoring it.
                     grace_until = time.perf_counter() + (timeout or DEFAULT_TIMEOUT)
             if tuner_id == "chief" and child.returncode != 0:
                 grace_until = time.perf_counter()  # it failed: no worker will get a candidate

@@ -582,9 +582,13 @@ def _write_json_whole(path: str, data: Any) -> None:
     record (`BatchTuner.records`) while workers write theirs, and a half-written one failed
     the distributed benchmark's search (JSONDecodeError)."""
     temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(data, file)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(data, file)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):  # json.dump failed: no half-written file left behind
+            os.remove(temporary)
 
 
 class _OutOfTime(BaseException):

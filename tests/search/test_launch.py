@@ -42,3 +42,17 @@ def test_a_chief_that_never_ends_after_clean_workers_is_stopped_after_the_timeou
     )
     assert outcomes[0].returncode != 0
     assert outcomes[0].seconds < 30
+
+
+def test_a_chief_is_not_stopped_when_one_worker_failed_and_another_finished_the_search():
+    # worker-0 dies early; worker-1 ends cleanly once the search is over; the chief then
+    # writes its results and must not be stopped while it does.
+    worker = python(
+        "import os, sys, time\n"
+        "if os.environ['KERASTUNER_TUNER_ID'] == 'worker-0': sys.exit(3)\n"
+        "time.sleep(0.5)"
+    )
+    outcomes = distributed.launch(
+        python("import time; time.sleep(2)"), worker, num_workers=2, timeout=30
+    )
+    assert [o.returncode for o in outcomes] == [0, 3, 0]
