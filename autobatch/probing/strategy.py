@@ -283,7 +283,8 @@ class ProbeStrategy:
                 return None, "within half the margin of the usable memory"
             target = min(edge, step)
             if self.shape_load is not None:
-                bounded = self._bounded_by_shapes(history, largest_fit, min(math.floor(target), cap))
+                highest = int(min(math.floor(target), cap))  # cap is finite: a batch fitted
+                bounded = self._bounded_by_shapes(history, largest_fit, highest)
                 if bounded is None:
                     return None, "every larger batch adds batch shapes that could cross the limit"
                 target = bounded

@@ -45,7 +45,7 @@ def _memory(job: dict[str, Any]) -> Any:
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """Load the model and data named in ``job``, run it, and describe what happened."""
     from autobatch._versions import library_versions
-    from autobatch.data import as_training_data
+    from autobatch.data import ArrayData
     from autobatch.data_check import check_data_matches_model
     from autobatch.files import load_model, load_npz
     from autobatch.probing.trial import run_trial
@@ -57,7 +57,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     for module in job.get("imports", []):
         _import_for_custom_objects(module)
     model = load_model(Path(job["model"]))
-    data = as_training_data(load_npz(Path(job["data"])))
+    data = ArrayData.from_tuple(load_npz(Path(job["data"])))  # what as_training_data does with arrays
     check_data_matches_model(model, data)
     memory = _memory(job)
     memory.release()

@@ -211,7 +211,8 @@ class SuccessiveHalvingOracle(keras_tuner.Oracle):
         pending = [values for values in candidates if _key(values) not in started]
         busy = {t.hyperparameters.values.get(BATCH_SIZE) for t in self.ongoing_trials.values()}
         free = [values for values in pending if values[BATCH_SIZE] not in busy]
-        return (free or pending or [None])[0]
+        chosen = free or pending
+        return chosen[0] if chosen else None
 
     def _promoted_batch_sizes(self, trials: list[Any], num_kept: int) -> list[Any]:
         """The best ``num_kept`` batch sizes among ``trials`` still improving, best first."""
