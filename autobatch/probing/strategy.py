@@ -18,7 +18,9 @@ its line predicted (after a step that cost 3.5x its prediction, later steps take
 the room, not a quarter); and it at most doubles the batch from one trial to the next: memory
 an earlier training run freed, and the trials reuse, hides the slope (a Transformer probed
 after its user trained at batch 186 rose 90 MiB from batch 1 to 192, where a new process
-rises 700), so a flat curve is no evidence of room. A curve
+rises 700), so a flat curve is no evidence of room. Where the data's size is known, a step
+is also bounded over the batch shapes its trial runs (partial batches and validation
+included, summed): TF/CPU keeps memory per shape (`_bounded_by_shapes`). A curve
 that bends upwards is thus measured before it can kill the process; the margin absorbs what
 the line still misses. Like keras-tuner's Oracle, this class only decides; the
 trial runs elsewhere.
@@ -283,7 +285,7 @@ class ProbeStrategy:
                 return None, "within half the margin of the usable memory"
             target = min(edge, step)
             if self.shape_load is not None:
-                highest = int(min(math.floor(target), cap))  # cap is finite: a batch fitted
+                highest = int(min(math.floor(target), cap))  # the step's growth limit bounds target
                 bounded = self._bounded_by_shapes(history, largest_fit, highest)
                 if bounded is None:
                     return None, "every larger batch adds batch shapes that could cross the limit"
