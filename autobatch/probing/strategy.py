@@ -286,7 +286,7 @@ class ProbeStrategy:
             target = min(edge, step)
             if self.shape_load is not None:
                 highest = int(min(math.floor(target), cap))  # the step's growth limit bounds target
-                bounded = self._bounded_by_shapes(history, largest_fit, highest)
+                bounded = self._bounded_by_shapes(history, model, largest_fit, highest)
                 if bounded is None:
                     return None, "every larger batch adds batch shapes that could cross the limit"
                 target = bounded
@@ -341,7 +341,9 @@ class ProbeStrategy:
         share = 1.0 / max(HOST_STEP_DIVISOR, 1.5 * self.surprise(history))
         return room * share
 
-    def _bounded_by_shapes(self, history: list[Observation], low: int, high: int) -> int | None:
+    def _bounded_by_shapes(
+        self, history: list[Observation], model: MemoryModel, low: int, high: int
+    ) -> int | None:
         """The largest batch in ``(low, max(high, low + 1)]`` whose summed batch shapes
         (`shape_load`) stay within the step's allowed rise; None when none does.
 
@@ -352,8 +354,7 @@ class ProbeStrategy:
         """
         assert self.shape_load is not None
         measured = _largest_peaks(history)
-        model = self.memory_model(history)
-        rise = None if model is None else self._host_rise(history, model)
+        rise = self._host_rise(history, model)
         if rise is None:
             return None
         # The step's share of the room allows for a slope that the batch sizes hide; the
