@@ -29,20 +29,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import inspect
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from autobatch._versions import library_versions
 from autobatch.data import ArrayData, DatasetData, TrainingData, as_training_data
+from autobatch.files import write_atomically
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import ProbeResult
 
@@ -198,20 +197,7 @@ def _entry_path(key: str) -> Path:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory as the target, so os.replace is a rename within one file system: a reader
-    # sees the old entry or the new one, never half of one.
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem[:12]}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_atomically(path, lambda file: file.write(text))
 
 
 # --- the parts of the key ---------------------------------------------------------------

@@ -1,14 +1,18 @@
 """Loading what the command line and probe worker processes are given: a .keras model and
-an .npz archive of training arrays, with errors that say what to do.
+an .npz archive of training arrays, with errors that say what to do; and writing a file
+that concurrent readers never see half-written (`write_atomically`).
 
 Data files are NumPy .npz archives whose array names say what they hold (`NPZ_HELP`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 from autobatch.errors import InvalidDataError, InvalidModelError
 
@@ -106,3 +110,25 @@ def check_readable(path: Path, what: str, suffix: str) -> None:
         raise error(f"{what} {path} is a directory; expected a {suffix} file.")
     if not path.is_file():
         raise error(f"{what} {path}: no such file. Expected a {suffix} file.")
+
+
+def write_atomically(path: Path, write: Callable[[IO[str]], Any]) -> None:
+    """Call ``write`` on a new file beside ``path``, then rename it to ``path``.
+
+    Same directory as the target, so ``os.replace`` is a rename within one file system: a
+    reader (another process's probe cache lookup, a search's chief reading its workers'
+    trial records) sees the old file or the new one, never half of one. Nothing is left
+    behind when ``write`` fails.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem[:12]}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

@@ -347,7 +347,6 @@ def probe_saved_model(model: Any, training_data: Any, **options: Any) -> ProbeRe
         shutil.rmtree(folder, ignore_errors=True)
 
 
-
 def _custom_object_modules(model: Any) -> tuple[list[str], list[str]]:
     """The modules that define ``model``'s own classes (the model, its layers at any depth,
     its loss), and the folders they are imported from, so that a worker loading the saved

@@ -19,6 +19,7 @@ import math
 import os
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable
 
 import keras_tuner
@@ -26,6 +27,7 @@ from keras_tuner.errors import FailedTrialError, FatalError
 
 from autobatch.data import TrainingData
 from autobatch.errors import InvalidArgumentError, MissingDependencyError, describe_backend_error
+from autobatch.files import write_atomically
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import TuneTrial
 from autobatch.search import distributed
@@ -582,14 +584,7 @@ def _write_json_whole(path: str, data: Any) -> None:
     """Write ``data`` to a file beside ``path``, then rename it there: the chief reads every
     record (`BatchTuner.records`) while workers write theirs, and a half-written one failed
     the distributed benchmark's search (JSONDecodeError)."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            json.dump(data, file)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):  # json.dump failed: no half-written file left behind
-            os.remove(temporary)
+    write_atomically(Path(path), lambda file: json.dump(data, file))
 
 
 class _OutOfTime(BaseException):
