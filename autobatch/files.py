@@ -112,8 +112,9 @@ def check_readable(path: Path, what: str, suffix: str) -> None:
         raise error(f"{what} {path}: no such file. Expected a {suffix} file.")
 
 
-def write_atomically(path: Path, write: Callable[[IO[str]], Any]) -> None:
-    """Call ``write`` on a new file beside ``path``, then rename it to ``path``.
+def write_atomically(path: Path, write: Callable[[IO[Any]], Any], *, binary: bool = False) -> None:
+    """Call ``write`` on a new file beside ``path`` (text, or bytes with ``binary``), then
+    rename it to ``path``.
 
     Same directory as the target, so ``os.replace`` is a rename within one file system: a
     reader (another process's probe cache lookup, a search's chief reading its workers'
@@ -123,7 +124,7 @@ def write_atomically(path: Path, write: Callable[[IO[str]], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem[:12]}-", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
+        with os.fdopen(handle, "wb") if binary else os.fdopen(handle, "w", encoding="utf-8") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())

@@ -43,9 +43,11 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autobatch.errors import AutobatchError, InvalidArgumentError
+from autobatch.files import write_atomically
 
 TUNER_ID = "KERASTUNER_TUNER_ID"
 ORACLE_IP = "KERASTUNER_ORACLE_IP"
@@ -296,10 +298,7 @@ def _handshake_trial(project: str, token: str) -> Any:
 
 
 def _write_marker(project_dir: str, content: dict[str, str]) -> None:
-    path = os.path.join(project_dir, MARKER_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as file:
-        json.dump(content, file)
-    os.replace(path + ".tmp", path)
+    write_atomically(Path(project_dir, MARKER_FILE), lambda file: json.dump(content, file))
 
 
 # --- a worker -----------------------------------------------------------------------------

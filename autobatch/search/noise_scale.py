@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from autobatch.errors import (
     InvalidDataError,
     InvalidModelError,
 )
+from autobatch.files import write_atomically
 
 DEFAULT_SMOOTHING = 0.95
 
@@ -505,9 +507,8 @@ def search_estimator(x: Any, y: Any, path: str | None = None, *, seed: int = 0) 
                 self.error = f"{type(error).__name__}: {error}"[:300]
                 return
             if self.path:
-                with open(self.path + ".tmp", "w", encoding="utf-8") as file:
-                    json.dump(self.estimate.to_dict(), file)
-                os.replace(self.path + ".tmp", self.path)
+                found = self.estimate.to_dict()
+                write_atomically(Path(self.path), lambda file: json.dump(found, file))
 
     return SearchNoiseScale()
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from autobatch.data import ArrayData, TrainingData, _leaves
+from autobatch.files import write_atomically
 from autobatch.search.candidate import RunState
 
 #: Bytes of each array hashed to tell data sets apart (the first rows; cheap at any size).
@@ -171,12 +171,7 @@ class RunStore:
                 path.unlink(missing_ok=True)
 
     def _write(self, filename: str, write: Any) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / filename
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
+        write_atomically(self.directory / filename, write, binary=True)
 
 
 def _count(names: list[str], prefix: str) -> int:
