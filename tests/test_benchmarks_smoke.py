@@ -245,3 +245,32 @@ def test_tune_bench_goodput_check_and_tables_without_random_search():
     text = tune_bench.table(entry)
     assert "RandomSearch" not in text and "autobatch.tune (halving)" in text
     assert "+1.0%" in text  # tune's regret vs the grid
+
+
+def _promotion_case():
+    """Two batch sizes on 64 samples: batch 16 stops early at 0.50; batch 64 starts far
+    behind and ends best (0.40) only at the end of the budget, a late catcher."""
+    from benchmarks.tune_promotion import Curves
+
+    small = [1.0, 0.6, 0.5, 0.55, 0.56, 0.57, 0.58]  # a pass an epoch: stopped after 7
+    late = [3.0 - 2.6 * k / 99 for k in range(100)]  # a pass an epoch, still falling
+    return Curves("toy", 0, 64, 6400, {
+        16: {4: {"val_loss_history": small, "seconds": 0.7}},
+        64: {1: {"val_loss_history": late, "seconds": 10.0}},
+    })
+
+
+def test_tune_promotion_replays_prefixes_of_the_grid_curves():
+    from benchmarks.tune_promotion import floor, improving, simulate, standard
+
+    case = _promotion_case()
+    assert case.at(64, 640) == (pytest.approx(3.0 - 2.6 * 9 / 99), False, 10)
+    assert case.at(16, 6400)[1] is True  # early stopping ended it within the budget
+    # tune's rule keeps the late catcher (still improving) and finds the grid's best...
+    regret, seconds = simulate(case, improving, rounds=2, overhead=0.0)
+    assert regret == pytest.approx(0.0) and seconds == pytest.approx(1.0)
+    # ...textbook halving keeps the leader of the first round, which had already finished.
+    regret, seconds = simulate(case, standard, rounds=2, overhead=0.0)
+    assert regret == pytest.approx(0.5 / 0.4 - 1) and seconds < 1.0
+    # Knowing the winner, one would train batch 64 alone: 10 of the grid's 10.7 seconds.
+    assert floor(case, overhead=0.0) == pytest.approx(10.0 / 10.7)
