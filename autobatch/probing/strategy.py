@@ -271,6 +271,16 @@ class ProbeStrategy:
         if edge >= smallest_fail:
             # The line is wrong above the largest fit: split the bracket instead.
             target = largest_fit + (smallest_fail - largest_fit) / 2
+        elif self.measured_answers_only and edge >= smallest_fail * (1 - self.tolerance):
+            # The line puts the limit just under a batch that did not fit (a near miss). Where
+            # peaks scatter between processes, the batch right under it is a coin toss that
+            # gains nothing: an LSTM's workers at 884 and 880 ran past the margin after 807
+            # fitted, then 843 fitted in its trial and failed its verification. Step back by
+            # twice the tolerance instead (not below the bracket's middle), or stop there.
+            floor = smallest_fail * (1 - 2 * self.tolerance)
+            if largest_fit >= floor:
+                return None, "the limit lies within the tolerance under a batch that did not fit"
+            target = max(floor, largest_fit + (smallest_fail - largest_fit) / 2)
         elif not self.oom_is_catchable:
             step = self._host_step(history, model)
             if step is None:

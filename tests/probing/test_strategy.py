@@ -309,3 +309,50 @@ def test_without_the_shapes_a_host_step_into_a_large_partial_batch_is_killed():
     with pytest.raises(ProcessKilled):
         simulate(900 * MIB, peak_of, margin=0.1, num_samples=5000, catchable=False,
                  baseline=340 * MIB)
+
+
+MIB = 2**20
+
+
+def worker_strategy(limit_mib, baseline_mib, **overrides):
+    """The strategy as isolated (worker) probes configure it: a killed worker is an
+    observation, peaks scatter between processes, answers are measured batches."""
+    settings = dict(limit_bytes=limit_mib * MIB, baseline_bytes=baseline_mib * MIB, margin=0.05,
+                    start_batch_size=1, oom_is_catchable=True, tolerance=0.05,
+                    measured_answers_only=True)
+    return ProbeStrategy(**{**settings, **overrides})
+
+
+def history_of(trials_mib):
+    return [Observation(b, None if peak is None else int(peak * MIB)) for b, peak in trials_mib]
+
+
+# Real worker trials of probe_bench at 16d541e (batch, peak MiB; None: the worker was killed).
+LSTM_TRIALS = [(1, 368), (14, 377), (1007, None), (510, 907), (704, 1072), (754, 1061), (807, 1083),
+               (884, 1116)]
+MOBILENET_TRIALS = [(1, 707), (5, 762), (129, 1450), (313, 2521)]
+
+
+def test_a_near_miss_just_above_the_largest_fit_ends_the_worker_search():
+    # The line puts the LSTM's limit at 879, just under 884 which ran past the margin; 807
+    # fitted. Trying 880 (then 843, whose verification failed) gained nothing in that run.
+    strategy = worker_strategy(1156, 311)
+    assert strategy.propose(history_of(LSTM_TRIALS)) is None
+    assert "within the tolerance under a batch that did not fit" in strategy.stop_reason
+    assert strategy.answer(history_of(LSTM_TRIALS)) == 807
+
+
+def test_after_a_near_miss_far_above_the_largest_fit_the_worker_steps_back_twice_the_tolerance():
+    strategy = worker_strategy(2586, 350)
+    proposal = strategy.propose(history_of(MOBILENET_TRIALS))
+    # The line's edge is ~305, 3% under 313: the next trial goes 10% under 313, not to 305.
+    assert proposal.batch_size == math.floor(313 * 0.9)
+
+
+def test_a_device_with_exact_peaks_still_tries_right_under_a_near_miss():
+    # Without scatter (a GPU allocator), the batch under a near miss is the real answer.
+    strategy = worker_strategy(2586, 350, measured_answers_only=False, tolerance=0.01)
+    history = history_of(MOBILENET_TRIALS)
+    edge = strategy.memory_model(history).largest_batch_under(strategy.usable_bytes)
+    assert 0.95 * 313 < edge < 313
+    assert strategy.propose(history).batch_size == math.floor(edge)
