@@ -279,7 +279,7 @@ def probe_in_workers(
             # Each trial starts a process (5-6 s of TensorFlow import on 2 cores), and near the
             # edge peaks scatter by tens of MiB between processes, which a finer bracket only
             # turns into more trials (a CNN's 2% bracket took 11 trials, 5% takes 9, for at
-            # most 5% of the answer).
+            # most 5% of the answer; 10% under a near miss, see ProbeStrategy._next).
             tolerance=0.05,
             min_margin_bytes=min(int(memory["min_margin_bytes"]), MIN_MARGIN_BYTES),
             measured_answers_only=True,

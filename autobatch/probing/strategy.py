@@ -9,7 +9,8 @@ jumps to where it predicts the usable memory ends, then verifies there:
 2. With two measured peaks, fit a line to the largest and jump to its edge (see
    `ProbeStrategy.memory_model` for which peaks).
 3. Stop when a verified batch is within ``tolerance`` of the predicted edge, or of a batch
-   that did not fit.
+   that did not fit (where peaks scatter between processes, within twice the tolerance of
+   a batch that did not fit when the line puts the edge just under it).
 
 When running out of memory cannot be caught (host RAM: the kernel's OOM killer sends SIGKILL),
 each step goes at most a quarter of the way from the largest measured peak to the limit, less
@@ -276,11 +277,11 @@ class ProbeStrategy:
             # peaks scatter between processes, the batch right under it is a coin toss that
             # gains nothing: an LSTM's workers at 884 and 880 ran past the margin after 807
             # fitted, then 843 fitted in its trial and failed its verification. Step back by
-            # twice the tolerance instead (not below the bracket's middle), or stop there.
-            floor = smallest_fail * (1 - 2 * self.tolerance)
+            # twice the tolerance instead, and stop once a batch there fits.
+            floor = math.floor(smallest_fail * (1 - 2 * self.tolerance))
             if largest_fit >= floor:
                 return None, "the limit lies within the tolerance under a batch that did not fit"
-            target = max(floor, largest_fit + (smallest_fail - largest_fit) / 2)
+            target = floor
         elif not self.oom_is_catchable:
             step = self._host_step(history, model)
             if step is None:

@@ -311,9 +311,6 @@ def test_without_the_shapes_a_host_step_into_a_large_partial_batch_is_killed():
                  baseline=340 * MIB)
 
 
-MIB = 2**20
-
-
 def worker_strategy(limit_mib, baseline_mib, **overrides):
     """The strategy as isolated (worker) probes configure it: a killed worker is an
     observation, peaks scatter between processes, answers are measured batches."""
@@ -347,6 +344,10 @@ def test_after_a_near_miss_far_above_the_largest_fit_the_worker_steps_back_twice
     proposal = strategy.propose(history_of(MOBILENET_TRIALS))
     # The line's edge is ~305, 3% under 313: the next trial goes 10% under 313, not to 305.
     assert proposal.batch_size == math.floor(313 * 0.9)
+    # Once it fits there, the search is over: the batch under the near miss is a coin toss.
+    history = history_of([*MOBILENET_TRIALS, (281, 2309)])
+    assert strategy.propose(history) is None
+    assert strategy.answer(history) == 281
 
 
 def test_a_device_with_exact_peaks_still_tries_right_under_a_near_miss():
