@@ -124,6 +124,9 @@ def write_atomically(path: Path, write: Callable[[IO[Any]], Any], *, binary: boo
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem[:12]}-", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it what open() would, so a worker
+        # running as another user on a shared project directory can still read it.
+        os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") if binary else os.fdopen(handle, "w", encoding="utf-8") as file:
             write(file)
             file.flush()
@@ -133,3 +136,13 @@ def write_atomically(path: Path, write: Callable[[IO[Any]], Any], *, binary: boo
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it: ``os.umask`` can only be read by
+    setting it, which would race with other threads creating files (a search's gRPC
+    threads)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text(encoding="ascii").splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    return 0o022

@@ -20,6 +20,17 @@ def test_text_and_binary_files_land_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["record.json", "state.npz", "sub"]
 
 
+def test_a_file_gets_the_permissions_open_would_give_it(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        write_atomically(tmp_path / "record.json", lambda file: file.write("{}"))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "record.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_behind(tmp_path):
     target = tmp_path / "record.json"
     target.write_text("old")
