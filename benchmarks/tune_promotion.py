@@ -1,12 +1,15 @@
 """Promotion rules for tune's successive halving, replayed on the grid's recorded curves.
 
-Why this can be simulated exactly: a run continued over several rounds is the same training
-as one uninterrupted ``fit`` (see `autobatch.search.candidate`), and early stopping only looks
-back, so what a candidate shows after any share of the budget is a prefix of its curve in the
-grid's run (``tune_bench`` keeps every trial's ``val_loss_history``). Time is modelled as the
-run epochs trained times that batch size's measured seconds per run epoch, plus a fixed cost
-per run (model build, fit start; ``--overhead``); the grid is modelled the same way, so its
-time and each rule's are comparable.
+Why scores can be replayed: a run continued over several rounds is the same training as one
+uninterrupted ``fit`` (see `autobatch.search.candidate`), and early stopping only looks back,
+so what a candidate shows after any share of the budget is a prefix of its curve in the
+grid's run (``tune_bench`` keeps every trial's ``val_loss_history``). That holds while every
+round's share is at least one pass over the data (a share under one epoch is cut inside it,
+which the curves cannot show): tasks where it is not are skipped, and said so. Time is
+modelled as the run epochs trained times that batch size's measured seconds per run epoch,
+plus a fixed cost per run (model build, fit start; ``--overhead``); the grid is modelled the
+same way, so its time and each rule's are comparable. Not modelled: a run continues from its
+last whole pass, so a round that ends mid-pass trains that part again in the next.
 
 For each task and seed of a tune_bench JSON: each rule's regret against the grid's best
 val_loss and its time against the grid's, and a floor no rule can beat: the time of the
@@ -18,10 +21,12 @@ Rules (each round keeps at most ``ceil(batch sizes / 2**round)`` batch sizes):
 - ``improving``: tune's rule (`SuccessiveHalvingOracle`): the best of the batch sizes still
   improving; one that stopped early has its final score and takes no place;
 - ``standard``: textbook successive halving: the best overall, a finished one taking a place;
-- ``cutoff-T``: ``improving``, without those more than ``T`` times behind the best so far.
+- ``cutoff-T``: ``improving``, without those more than ``T`` times behind the best of the
+  round.
 
-Each with the first round on 1/8 of the budget (4 rounds of 8 batch sizes, tune's default)
-and on 1/16 (one round more). Seconds; no TensorFlow.
+Each with tune's rounds (`autobatch.search.tuner.halving_rounds`: 4 for 5-8 batch sizes, the
+first on 1/8 of the budget) and with one round more (the first on half that). Seconds; no
+TensorFlow.
 
     python -m benchmarks.tune_promotion                       # results/tune_bench.json
     python -m benchmarks.tune_promotion --input other.json
@@ -52,10 +57,16 @@ class Curves:
     num_samples: int
     budget: int
     candidates: dict[int, dict[int, dict[str, Any]]]
+    num_batch_sizes: int
+    """Batch sizes of the space, failed ones included (they count in the rounds' sizes)."""
+
+    def rounds(self) -> int:
+        """Rounds of tune's halving: `halving_rounds`, halving the batch sizes down to one."""
+        return 1 + math.ceil(math.log2(max(1, self.num_batch_sizes)))
 
     def seconds_per_run_epoch(self, batch_size: int) -> float:
         runs = self.candidates[batch_size]
-        finest = min(runs)
+        finest = math.gcd(*runs)  # what the shared run validates at (`shared_run_plan`)
         epochs = max(len(c["val_loss_history"]) * (s // finest) for s, c in runs.items())
         return runs[finest]["seconds"] / max(1, epochs)
 
@@ -63,7 +74,7 @@ class Curves:
         """``(best val_loss, finished, run epochs)`` of the batch size's run on ``budget``
         samples: finished when every candidate stopped early within it."""
         runs = self.candidates[batch_size]
-        finest = min(runs)
+        finest = math.gcd(*runs)
         best, finished, epochs = math.inf, True, 0
         for steps, candidate in runs.items():
             allowed, _ = epochs_for_samples(
@@ -90,7 +101,7 @@ def load(path: Path) -> list[Curves]:
                 if trial["same_as"] is None and trial["val_loss"] is not None:
                     candidates.setdefault(trial["batch_size"], {})[trial["steps_per_epoch"]] = trial
             cases.append(Curves(task["task"], run["seed"], task["num_train"],
-                                grid["budget_samples"], candidates))
+                                grid["budget_samples"], candidates, len(task["batch_sizes"])))
     return cases
 
 
@@ -112,7 +123,7 @@ def simulate(case: Curves, rule: Rule, rounds: int, overhead: float) -> tuple[fl
                 trained[batch_size] = epochs
             scores[batch_size] = (best, finished)
             found = min(found, best)
-        alive = rule(scores, math.ceil(len(case.candidates) / 2 ** (round_num + 1)))
+        alive = rule(scores, math.ceil(case.num_batch_sizes / 2 ** (round_num + 1)))
         if not alive:
             break
     whole = {b: case.at(b, case.budget) for b in case.candidates}
@@ -160,26 +171,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overhead", type=float, default=0.2,
                         help="seconds each run costs besides its epochs (default 0.2)")
     args = parser.parse_args(argv)
-    cases = load(args.input)
+    cases, skipped = [], []
+    for case in load(args.input):
+        # The smallest share (one round more than tune's) must hold a whole pass.
+        (cases if case.budget >= case.num_samples * 2 ** case.rounds() else skipped).append(case)
+    for case in skipped:
+        print(f"skipped {case.task} seed {case.seed}: a first round under one pass over the data")
     tasks = sorted({c.task for c in cases}, key=[c.task for c in cases].index)
     rows, payload = [], []
-    for rounds in (4, 5):
+    for extra in (0, 1):
         for name, rule in RULES.items():
-            outcomes = [simulate(c, rule, rounds, args.overhead) for c in cases]
-            cells: list[Any] = [name, f"1/{2 ** (rounds - 1)}"]
+            outcomes = [simulate(c, rule, c.rounds() + extra, args.overhead) for c in cases]
+            cells: list[Any] = [name, "tune's" if extra == 0 else "one more"]
             for task in tasks:
                 mine = [o for c, o in zip(cases, outcomes, strict=True) if c.task == task]
                 cells += [f"{100 * statistics.mean(r for r, _ in mine):+.1f}% / "
                           f"{100 * max(r for r, _ in mine):+.1f}%",
                           statistics.mean(t for _, t in mine)]
             rows.append(cells)
-            payload.append({"rule": name, "rounds": rounds, "cases": [
+            payload.append({"rule": name, "extra_rounds": extra, "cases": [
                 {"task": c.task, "seed": c.seed, "regret": r, "time_vs_grid": t}
                 for c, (r, t) in zip(cases, outcomes, strict=True)]})
     floors = {task: [floor(c, args.overhead) for c in cases if c.task == task] for task in tasks}
     rows.append(["clairvoyant floor", "-"] + [
         cell for task in tasks for cell in ("+0.0% / +0.0%", statistics.mean(floors[task]))])
-    headers = ["rule", "first round"]
+    headers = ["rule", "rounds"]
     for task in tasks:
         headers += [f"{task}: regret mean / worst", f"{task}: time / grid"]
     print(f"## Promotion rules replayed on {args.input.name} "

@@ -257,13 +257,14 @@ def _promotion_case():
     return Curves("toy", 0, 64, 6400, {
         16: {4: {"val_loss_history": small, "seconds": 0.7}},
         64: {1: {"val_loss_history": late, "seconds": 10.0}},
-    })
+    }, num_batch_sizes=2)
 
 
 def test_tune_promotion_replays_prefixes_of_the_grid_curves():
     from benchmarks.tune_promotion import floor, improving, simulate, standard
 
     case = _promotion_case()
+    assert case.rounds() == 2
     assert case.at(64, 640) == (pytest.approx(3.0 - 2.6 * 9 / 99), False, 10)
     assert case.at(16, 6400)[1] is True  # early stopping ended it within the budget
     # tune's rule keeps the late catcher (still improving) and finds the grid's best...
