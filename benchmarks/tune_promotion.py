@@ -61,7 +61,8 @@ class Curves:
     """Batch sizes of the space, failed ones included (they count in the rounds' sizes)."""
 
     def rounds(self) -> int:
-        """Rounds of tune's halving: `halving_rounds`, halving the batch sizes down to one."""
+        """Rounds of tune's halving, as `autobatch.search.tuner.halving_rounds` counts them
+        (not imported: that module loads keras-tuner and TensorFlow)."""
         return 1 + math.ceil(math.log2(max(1, self.num_batch_sizes)))
 
     def seconds_per_run_epoch(self, batch_size: int) -> float:
@@ -126,21 +127,24 @@ def simulate(case: Curves, rule: Rule, rounds: int, overhead: float) -> tuple[fl
         alive = rule(scores, math.ceil(case.num_batch_sizes / 2 ** (round_num + 1)))
         if not alive:
             break
-    whole = {b: case.at(b, case.budget) for b in case.candidates}
-    grid_best = min(best for best, _, _ in whole.values())
-    grid_seconds = sum(epochs * case.seconds_per_run_epoch(b) + overhead
-                       for b, (_, _, epochs) in whole.items())
-    return found / grid_best - 1, seconds / grid_seconds
+    scores, costs = _grid(case, overhead)
+    return found / min(scores.values()) - 1, seconds / sum(costs.values())
 
 
 def floor(case: Curves, overhead: float) -> float:
     """The time, against the grid's, of the cheapest run within REGRET_GOAL of its best."""
+    scores, costs = _grid(case, overhead)
+    best = min(scores.values())
+    return min(costs[b] for b, score in scores.items()
+               if score <= best * (1 + REGRET_GOAL)) / sum(costs.values())
+
+
+def _grid(case: Curves, overhead: float) -> tuple[dict[int, float], dict[int, float]]:
+    """Each batch size's best val_loss and modelled seconds on the whole budget."""
     whole = {b: case.at(b, case.budget) for b in case.candidates}
-    cost = {b: epochs * case.seconds_per_run_epoch(b) + overhead
-            for b, (_, _, epochs) in whole.items()}
-    grid_best = min(best for best, _, _ in whole.values())
-    return min(cost[b] for b, (best, _, _) in whole.items()
-               if best <= grid_best * (1 + REGRET_GOAL)) / sum(cost.values())
+    return ({b: best for b, (best, _, _) in whole.items()},
+            {b: epochs * case.seconds_per_run_epoch(b) + overhead
+             for b, (_, _, epochs) in whole.items()})
 
 
 def improving(scores: dict[int, tuple[float, bool]], keep: int) -> list[int]:
