@@ -79,12 +79,22 @@ def test_the_answer_is_a_measured_batch_and_backing_off_prefers_one(tmp_path):
     assert result.verified and result.max_batch_size == 450
 
 
+def test_three_killed_verifications_do_not_end_the_backing_off(tmp_path):
+    # Real epochs cost 400 MiB more than trials: 900, 720 and 576 are killed; the fourth,
+    # 20% further down, fits. With three the answer fell back, unverified, to the largest
+    # measured batch below 576: batch 1.
+    result, jobs = probe_curve(tmp_path, verify_extra=400 * MiB, kill_above=1350 * MiB)
+    verifies = [j["batch_size"] for j in jobs if j["kind"] == "verify"]
+    assert verifies == [900, 720, 576, 460]
+    assert result.verified and result.max_batch_size == 460
+
+
 def test_when_no_verification_fits_the_answer_is_below_them_all(tmp_path):
-    # Real epochs cost 600 MiB more than trials at every batch: three verifications are
+    # Real epochs cost 600 MiB more than trials at every batch: four verifications are
     # killed; the answer is the next measured batch below them, marked unverified.
     result, jobs = probe_curve(tmp_path, verify_extra=600 * MiB, kill_above=1350 * MiB)
     verifies = [j["batch_size"] for j in jobs if j["kind"] == "verify"]
-    assert len(verifies) == 3 and not result.verified
+    assert len(verifies) == 4 and not result.verified
     fitted_below = [t.batch_size for t in result.trials if t.fits and t.batch_size < min(verifies)]
     assert result.max_batch_size == max(fitted_below)
 
