@@ -275,3 +275,23 @@ def test_tune_promotion_replays_prefixes_of_the_grid_curves():
     assert regret == pytest.approx(0.5 / 0.4 - 1) and seconds < 1.0
     # Knowing the winner, one would train batch 64 alone: 10 of the grid's 10.7 seconds.
     assert floor(case, overhead=0.0) == pytest.approx(10.0 / 10.7)
+
+
+def test_fit_peaks_shows_scatter_partial_batches_and_distance_from_a_line():
+    from benchmarks import fit_peaks
+
+    MiB = 2**20
+    # A line of 1 MiB per sample, but batch 300 peaks 20 MiB above it, 10 MiB apart.
+    rows = [
+        {"batch_size": b, "train_partial": 800 % b, "validation_partial": 200 % b,
+         "shapes_load": fit_peaks._shapes_load(1000, b), "peaks_bytes": peaks}
+        for b, peaks in ((100, [400 * MiB, 400 * MiB]), (200, [500 * MiB] * 2),
+                         (300, [615 * MiB, 625 * MiB]), (400, [700 * MiB] * 2))
+    ]
+    residuals = fit_peaks.line_residuals(rows)
+    assert residuals.index(max(residuals)) == 2 and max(residuals) > 10 * MiB
+    lines = fit_peaks.table(rows).splitlines()
+    assert "| 300 | 200, 200 | 700 | 615 / 625 | 10.0 |" in lines[4]
+    # fit(validation_split=0.2) on 1000 samples at 300: batches of 300, 300 and 200 to
+    # train, one of 200 to validate; autobatch's load counts each shape of a pass once.
+    assert rows[2]["shapes_load"] == 300 + 200 + 200
