@@ -163,13 +163,17 @@ class SearchSpace:
         """Declare the space on a ``keras_tuner.HyperParameters`` before the search starts.
 
         Without this, Hyperband runs zero trials (see ../shared/PITFALLS.md). Smallest values
-        come first: they are the defaults, and grid search starts there.
+        come first: they are the defaults, and grid search starts there. Batch size is
+        declared last, so that a grid goes along batch sizes first (keras-tuner's grid steps
+        the last hyperparameter first): candidates of one batch size share one run, and in a
+        distributed grid search the next candidate along steps_per_epoch was a sibling of the
+        run the previous worker was training, which a second worker could only wait for.
         """
-        hp.Choice(BATCH_SIZE, list(self.batch_sizes), ordered=True)
         if self.epoch_fractions:
             hp.Choice(EPOCH_FRACTION, list(self.epoch_fractions), ordered=True)
         else:
             hp.Choice(STEPS_PER_EPOCH, list(self.steps_per_epoch), ordered=True)
+        hp.Choice(BATCH_SIZE, list(self.batch_sizes), ordered=True)
 
     def batches_per_pass(self, batch_size: int) -> int:
         return math.ceil(self.num_samples / batch_size)

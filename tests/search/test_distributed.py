@@ -358,3 +358,31 @@ def test_a_second_worker_gets_a_batch_size_no_worker_is_training(tmp_path):
     # Only 8 x 2 and 16 x 2 are left, and 16 is busy: its sibling waits for a free batch size.
     assert taken(oracle.create_trial("worker-a")) == (8, 2)
     assert taken(oracle.create_trial("worker-c")) == (16, 2)  # all busy: the first left
+
+
+def test_a_grid_hands_a_second_worker_another_batch_size_and_covers_the_grid(tmp_path):
+    # Candidates of one batch size share one run: a second worker handed a sibling of the run
+    # a first worker trains waits for it (the grid went along steps_per_epoch first, so the
+    # next candidate was always that sibling).
+    from autobatch.search.space import SearchSpace
+
+    space = SearchSpace(num_samples=1000, batch_sizes=(16, 32, 64), epoch_fractions=(0.25, 0.5, 1.0))
+    oracle = make_oracle("grid", max_trials=None, seed=1, hyperband_epochs=1)
+    oracle._set_project_dir(str(tmp_path), "project")
+    hp = keras_tuner.HyperParameters()
+    space.declare(hp)
+    oracle.update_space(hp)
+    handed = []
+    while True:
+        first = oracle.create_trial("worker-a")
+        if first.status != "RUNNING":
+            break
+        second = oracle.create_trial("worker-b")
+        pair = [first] + ([second] if second.status == "RUNNING" else [])
+        sizes = [t.hyperparameters.values["batch_size"] for t in pair]
+        assert len(set(sizes)) == len(sizes), f"both workers got batch size {sizes[0]}"
+        for trial in pair:
+            handed.append(tuple(sorted(trial.hyperparameters.values.items())))
+            oracle.update_trial(trial.trial_id, {"val_loss": 1.0})
+            oracle.end_trial(trial)
+    assert len(handed) == len(set(handed)) == space.size
