@@ -7,9 +7,13 @@ that 2 workers on a 2-core machine compare fairly with 1; the chief (which only 
 oracle) gets one thread too. Workers seed each candidate from its own values, so both runs
 train the same candidates identically and must pick the same best one.
 
-Measured per run: the wall time of the whole command (starting 1 + N Python processes
-included), the chief's search time (its ``tune`` from start to end, as ``result.seconds``),
-each process's CPU seconds, and the chief's share of all CPU time (its overhead).
+Both tuners run: successive halving (tune's default) and the grid. Measured per run: the
+wall time of the whole command (starting 1 + N Python processes included), the chief's search
+time (its ``tune`` from start to end, as ``result.seconds``), each process's CPU seconds, and
+the chief's share of all CPU time (its overhead). From the 1-worker run's own trial times,
+``bound`` is the most 2 workers could gain with no overhead at all: halving's rounds wait for
+each other (a round ends with its slowest run; its last round is one run), the grid's runs
+are independent (only its slowest run bounds it).
 
     $ nice -n 10 python -m benchmarks.distributed_bench
     $ python -m benchmarks.distributed_bench --quick   # a tiny search: mostly process start-up
@@ -31,6 +35,7 @@ from benchmarks import _common
 from benchmarks.tune_bench import EPOCH_FRACTIONS, load_task, space_batch_sizes
 
 NUM_WORKERS = (1, 2)
+TUNERS = ("halving", "grid")
 #: The goal of issue 13: 2 workers at least this much faster than 1.
 SPEEDUP_GOAL = 1.6
 
@@ -56,11 +61,11 @@ def prepare(directory: Path, quick: bool) -> dict[str, Any]:
             "epoch_fractions": fractions, "budget_samples": budget}
 
 
-def run(directory: Path, setup: dict[str, Any], num_workers: int) -> dict[str, Any]:
-    """One ``autobatch tune --workers N`` search from a fresh project directory."""
+def run(directory: Path, setup: dict[str, Any], num_workers: int, tuner: str) -> dict[str, Any]:
+    """One ``autobatch tune --workers N --tuner T`` search from a fresh project directory."""
     from autobatch.search import distributed
 
-    output = directory / f"result-{num_workers}.json"
+    output = directory / f"result-{tuner}-{num_workers}.json"
     command = [
         sys.executable, "-m", "autobatch", "tune", str(directory / "model.keras"),
         "--data", str(directory / "train.npz"),
@@ -68,8 +73,8 @@ def run(directory: Path, setup: dict[str, Any], num_workers: int) -> dict[str, A
         "--probe", str(directory / "probe.json"),
         "--batch-sizes", ",".join(map(str, setup["batch_sizes"])),
         "--steps-per-epoch", ",".join(map(str, setup["epoch_fractions"])),
-        "--directory", str(directory / f"search-{num_workers}"),
-        "--json", str(output), "--quiet",
+        "--directory", str(directory / f"search-{tuner}-{num_workers}"),
+        "--tuner", tuner, "--json", str(output), "--quiet",
     ]
     if setup["budget_samples"] is not None:
         command += ["--budget-samples", str(setup["budget_samples"])]
@@ -85,6 +90,7 @@ def run(directory: Path, setup: dict[str, Any], num_workers: int) -> dict[str, A
     result = json.loads(output.read_text())
     cpu = {o.tuner_id: o.cpu_seconds for o in outcomes}
     return {
+        "tuner": tuner,
         "num_workers": num_workers,
         "wall_seconds": wall,
         "search_seconds": result["seconds"],
@@ -97,15 +103,34 @@ def run(directory: Path, setup: dict[str, Any], num_workers: int) -> dict[str, A
             [t["batch_size"], t["steps_per_epoch"], t["val_loss"]] for t in result["trials"]
             if t.get("same_as") is None and t["val_loss"] is not None
         ),
+        # [budget, seconds] of each trial that trained (not read off a shared run): the rounds
+        # of halving are its budgets.
+        "trained": [[t["budget_samples"], t["seconds"]] for t in result["trials"]
+                    if t.get("shared_run") is None and t.get("same_as") is None],
     }
 
 
+def two_worker_bound(trained: list[list[Any]], rounds_wait: bool) -> float:
+    """The speedup 2 workers could reach on these trial times with no overhead: each round
+    (every budget, when ``rounds_wait``; else all trials at once) takes at least its slowest
+    trial and half its total."""
+    groups: dict[Any, list[float]] = {}
+    for budget, seconds in trained:
+        groups.setdefault(budget if rounds_wait else None, []).append(seconds)
+    total = sum(sum(times) for times in groups.values())
+    ideal = sum(max(max(times), sum(times) / 2) for times in groups.values())
+    return total / ideal if ideal else 1.0
+
+
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Two workers against one: one run of each, of one tuner."""
     one, two = runs
     best = (one["best"]["batch_size"], one["best"]["steps_per_epoch"])
     return {
+        "tuner": one.get("tuner", "halving"),
         "speedup_search": one["search_seconds"] / two["search_seconds"],
         "speedup_wall": one["wall_seconds"] / two["wall_seconds"],
+        "bound": two_worker_bound(one.get("trained", []), one.get("tuner") != "grid"),
         "same_best_candidate": best == (two["best"]["batch_size"], two["best"]["steps_per_epoch"]),
         "same_val_losses": one["candidates"] == two["candidates"],
         "speedup_goal": SPEEDUP_GOAL,
@@ -114,14 +139,14 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(runs: list[dict[str, Any]]) -> str:
     rows = [
-        [r["num_workers"], r["wall_seconds"], r["search_seconds"],
+        [r.get("tuner", "halving"), r["num_workers"], r["wall_seconds"], r["search_seconds"],
          f"{r['best']['batch_size']} x {r['best']['steps_per_epoch']}", r["best"]["val_loss"],
          r["num_trials"], r["cpu_seconds"]["chief"], sum(r["cpu_seconds"].values()),
          f"{100 * r['chief_cpu_share']:.1f}%"]
         for r in runs
     ]
     return _common.markdown_table(
-        ["workers", "wall s (with start-up)", "search s", "best batch x steps", "val_loss",
+        ["tuner", "workers", "wall s (with start-up)", "search s", "best batch x steps", "val_loss",
          "trials", "chief CPU s", "all CPU s", "chief share"], rows)
 
 
@@ -136,18 +161,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"digits: probe {setup['probe_max_batch_size']}, batch sizes {setup['batch_sizes']}",
               flush=True)
         runs = []
-        for num_workers in NUM_WORKERS:
-            runs.append(run(directory, setup, num_workers))
-            print(f"{num_workers} worker(s): {runs[-1]['search_seconds']:.1f} s search, "
-                  f"{runs[-1]['wall_seconds']:.1f} s wall", flush=True)
-    payload = {**metadata, "setup": setup, "runs": runs, "summary": summary(runs)}
+        for tuner in TUNERS:
+            for num_workers in NUM_WORKERS:
+                runs.append(run(directory, setup, num_workers, tuner))
+                print(f"{tuner}, {num_workers} worker(s): {runs[-1]['search_seconds']:.1f} s "
+                      f"search, {runs[-1]['wall_seconds']:.1f} s wall", flush=True)
+    summaries = [summary([r for r in runs if r["tuner"] == tuner]) for tuner in TUNERS]
+    payload = {**metadata, "setup": setup, "runs": runs, "summary": summaries}
     path = _common.write_json(args.results_dir, _common.result_stem("distributed_bench", args.quick),
                               payload)
     print(table(runs))
-    s = payload["summary"]
-    print(f"speedup with 2 workers: {s['speedup_search']:.2f}x search, {s['speedup_wall']:.2f}x "
-          f"wall (goal >= {SPEEDUP_GOAL}x); same best candidate: {s['same_best_candidate']}; "
-          f"same val_loss for every candidate: {s['same_val_losses']}")
+    for s in summaries:
+        print(f"{s['tuner']}: speedup with 2 workers {s['speedup_search']:.2f}x search, "
+              f"{s['speedup_wall']:.2f}x wall (goal >= {SPEEDUP_GOAL}x; at most {s['bound']:.2f}x "
+              f"on the 1-worker run's trial times); same best candidate: "
+              f"{s['same_best_candidate']}; same val_loss for every candidate: "
+              f"{s['same_val_losses']}")
     print(f"result: {path}")
     return 0
 

@@ -40,5 +40,16 @@ def test_the_table_shows_the_chiefs_share_of_the_cpu():
             run_record(2, search=45.0, wall=65.0, chief_cpu=5.0, worker_cpu=40.0)]
     lines = distributed_bench.table(runs).splitlines()
     assert len(lines) == 4
+    assert lines[2].startswith("| halving | 1 |")
     assert "| 64 x 6 |" in lines[2] and lines[2].endswith("| 6.2% |")  # 5 of 80 CPU seconds
     assert lines[3].endswith("| 5.9% |")  # 5 of 85
+
+
+def test_the_bound_counts_halvings_rounds_as_barriers_and_the_grids_runs_as_free():
+    # Round one: four runs of 2 s; round two: one run of 6 s. Two workers: 4 s, then 6 s.
+    trained = [[100, 2.0]] * 4 + [[300, 6.0]]
+    assert distributed_bench.two_worker_bound(trained, rounds_wait=True) == 14.0 / 10.0
+    # All independent (the grid): half of 14 s, 7 s, above the slowest run.
+    assert distributed_bench.two_worker_bound(trained, rounds_wait=False) == 2.0
+    # One run longer than all the others together bounds it.
+    assert distributed_bench.two_worker_bound([[1, 9.0], [1, 1.0]], rounds_wait=False) == 10.0 / 9.0
