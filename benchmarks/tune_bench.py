@@ -182,10 +182,21 @@ def run_tune(
         "best_val_loss": result.val_loss,
         "seconds": seconds,
         "num_trials": len(result.trials),
-        "samples": sum(t.samples_seen for t in result.trials),
+        "samples": trained_samples(result.trials),
         "fit_kwargs": result.fit_kwargs(),
         "result": result.to_dict(),
     }
+
+
+def trained_samples(trials: list[Any]) -> int:
+    """The samples a search trained. Not the sum of the trials' ``samples_seen``: candidates of
+    one batch size share one run (each counts the run up to its own stop) and a later round
+    continues it (counting the earlier rounds again), so a batch size's runs trained what
+    the largest of its counts says."""
+    largest: dict[int, int] = {}
+    for trial in trials:
+        largest[trial.batch_size] = max(largest.get(trial.batch_size, 0), trial.samples_seen)
+    return sum(largest.values())
 
 
 def run_random_search(
