@@ -295,3 +295,16 @@ def test_fit_peaks_shows_scatter_partial_batches_and_distance_from_a_line():
     # fit(validation_split=0.2) on 1000 samples at 300: batches of 300, 300 and 200 to
     # train, one of 200 to validate; autobatch's load counts each shape of a pass once.
     assert rows[2]["shapes_load"] == 300 + 200 + 200
+
+
+def test_tune_bench_counts_a_shared_or_continued_run_once():
+    from types import SimpleNamespace
+
+    from benchmarks.tune_bench import trained_samples
+
+    trials = [SimpleNamespace(batch_size=b, samples_seen=s) for b, s in (
+        (16, 300), (16, 500),   # two candidates of one run, stopped at 300 and 500 samples
+        (16, 1500),             # the next round continues that run to 1500
+        (64, 800),
+    )]
+    assert trained_samples(trials) == 1500 + 800
