@@ -253,6 +253,17 @@ class ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
     combination was already tried is skipped by the oracle itself.
     """
 
+    def populate_space(self, trial_id: str) -> dict[str, Any]:
+        # keras-tuner queues a trial for "its next combination" only when it ends (the first
+        # trial excepted), so while one worker trains, a second is told IDLE: its grid ran
+        # one candidate at a time (2 workers 1.15x as fast as 1 in distributed_bench).
+        # Queued at once, the next worker gets the next combination; queued again at its end
+        # as keras-tuner does, for hyperparameters a trial may add, and skipped when tried.
+        answer = super().populate_space(trial_id)
+        if answer["status"] == "RUNNING":
+            self._populate_next.append(trial_id)
+        return answer
+
     def set_state(self, state: dict) -> None:
         super().set_state(state)
 

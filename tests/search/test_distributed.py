@@ -361,9 +361,10 @@ def test_a_second_worker_gets_a_batch_size_no_worker_is_training(tmp_path):
 
 
 def test_a_grid_hands_a_second_worker_another_batch_size_and_covers_the_grid(tmp_path):
-    # Candidates of one batch size share one run: a second worker handed a sibling of the run
-    # a first worker trains waits for it (the grid went along steps_per_epoch first, so the
-    # next candidate was always that sibling).
+    # Two workers each get a candidate (keras-tuner's grid made the second one wait), of
+    # another batch size: candidates of one batch size share one run, and a worker handed a
+    # sibling of the run another trains waits for it (the grid went along steps_per_epoch
+    # first, so the next candidate was always that sibling).
     from autobatch.search.space import SearchSpace
 
     space = SearchSpace(num_samples=1000, batch_sizes=(16, 32, 64), epoch_fractions=(0.25, 0.5, 1.0))
@@ -378,6 +379,8 @@ def test_a_grid_hands_a_second_worker_another_batch_size_and_covers_the_grid(tmp
         if first.status != "RUNNING":
             break
         second = oracle.create_trial("worker-b")
+        # keras-tuner's grid told the second worker IDLE until the first trial ended.
+        assert second.status == "RUNNING" or len(handed) == space.size - 1
         pair = [first] + ([second] if second.status == "RUNNING" else [])
         sizes = [t.hyperparameters.values["batch_size"] for t in pair]
         assert len(set(sizes)) == len(sizes), f"both workers got batch size {sizes[0]}"
