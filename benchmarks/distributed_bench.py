@@ -12,8 +12,8 @@ wall time of the whole command (starting 1 + N Python processes included), the c
 time (its ``tune`` from start to end, as ``result.seconds``), each process's CPU seconds, and
 the chief's share of all CPU time (its overhead). From the 1-worker run's own trial times,
 ``bound`` is the most 2 workers could gain with no overhead at all: halving's rounds wait for
-each other (a round ends with its slowest run; its last round is one run), the grid's runs
-are independent (only its slowest run bounds it).
+each other (a round lasts at least its slowest run), the grid's runs are independent (only
+its slowest run bounds it).
 
     $ nice -n 10 python -m benchmarks.distributed_bench
     $ python -m benchmarks.distributed_bench --quick   # a tiny search: mostly process start-up
