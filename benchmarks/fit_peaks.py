@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from autobatch.data import ArrayData
+from autobatch.data import ArrayData, _split_sizes
 from benchmarks import _common, zoo
 from benchmarks.probe_bench import Launcher
 
@@ -30,7 +30,7 @@ QUICK = ("mlp", [256, 512, 1024])
 def measure(model: str, batch_sizes: list[int], runs: int) -> list[dict[str, Any]]:
     """One row per batch size: its partial batches and the peak of each run."""
     num_samples = zoo.MODELS[model].num_samples
-    num_train = int(np.floor(num_samples * 0.8))  # Keras' validation_split=0.2
+    num_train, num_validation = _split_sizes(num_samples)  # as fit(validation_split=0.2) splits
     launcher = Launcher(model)
     rows = []
     for batch_size in batch_sizes:
@@ -41,7 +41,7 @@ def measure(model: str, batch_sizes: list[int], runs: int) -> list[dict[str, Any
         rows.append({
             "batch_size": batch_size,
             "train_partial": num_train % batch_size,
-            "validation_partial": (num_samples - num_train) % batch_size,
+            "validation_partial": num_validation % batch_size,
             "shapes_load": _shapes_load(num_samples, batch_size),
             "peaks_bytes": peaks,
         })
