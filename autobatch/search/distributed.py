@@ -571,31 +571,12 @@ def role_environment(tuner_id: str, port: int, *, address: str = "127.0.0.1",
     return variables
 
 
-def worker_cpus(num_workers: int, threads: int | None) -> list[set[int]] | None:
-    """The CPUs each of ``num_workers`` workers of ``threads`` threads may run on: its own
-    ``threads`` of this process's CPUs, or None (no pinning) for one worker, without a
-    thread count, or when they do not fit side by side.
-
-    Why: two 1-thread workers left to the scheduler on a 2-core machine each trained the
-    digits MLP in 1.88-2.14 s, against 1.40 s for one alone: its sub-millisecond steps hand
-    work between TensorFlow's threads, and each process waited on the other's at every
-    hand-off (cores 24-53% idle meanwhile). Each pinned to its own core: 1.69-1.91 s.
-    """
-    if num_workers < 2 or threads is None or not hasattr(os, "sched_getaffinity"):
-        return None
-    cpus = sorted(os.sched_getaffinity(0))
-    if num_workers * threads > len(cpus):
-        return None
-    return [set(cpus[i * threads:(i + 1) * threads]) for i in range(num_workers)]
-
-
 def launch(
     chief_command: Sequence[str], worker_command: Sequence[str], *, num_workers: int,
     threads: int | None = None, chief_threads: int | None = 1, timeout: float | None = None,
     env: dict[str, str] | None = None, worker_output: Any = None,
 ) -> list[ProcessOutcome]:
-    """Run a chief and ``num_workers`` workers on 127.0.0.1 until the search ends, each worker
-    on its own CPUs where they fit side by side (`worker_cpus`).
+    """Run a chief and ``num_workers`` workers on 127.0.0.1 until the search ends.
 
     The chief's output goes to ours. Returns each process's outcome, the chief first. When
     every worker has stopped but the chief has not, the chief is sent SIGTERM at once if
@@ -610,25 +591,16 @@ def launch(
     started = time.perf_counter()
     processes: dict[int, tuple[str, subprocess.Popen]] = {}
 
-    def start(tuner_id: str, command: Sequence[str], count: int | None, output: Any,
-              cpus: set[int] | None = None) -> None:
+    def start(tuner_id: str, command: Sequence[str], count: int | None, output: Any) -> None:
         child_env = {**base, **role_environment(tuner_id, port, threads=count, timeout=timeout)}
         child = subprocess.Popen(list(command), env=child_env, stdout=output, stderr=output)
         processes[child.pid] = (tuner_id, child)
-        if cpus is not None:
-            # Set on the child just after exec, while Python starts and before TensorFlow
-            # makes its threads, which inherit it (a preexec_fn is unsafe in a threaded
-            # process); a child that has already exited has nothing to pin.
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(child.pid, cpus)
 
     outcomes: dict[str, ProcessOutcome] = {}
-    pinned = worker_cpus(num_workers, threads)
     try:
         start("chief", chief_command, chief_threads, None)
         for index in range(num_workers):
-            start(f"worker-{index}", worker_command, threads, worker_output,
-                  None if pinned is None else pinned[index])
+            start(f"worker-{index}", worker_command, threads, worker_output)
         grace_until: float | None = None
         while len(outcomes) < len(processes):
             pid, status, usage = os.wait4(-1, os.WNOHANG)

@@ -56,29 +56,3 @@ def test_a_chief_is_not_stopped_when_one_worker_failed_and_another_finished_the_
         python("import time; time.sleep(2)"), worker, num_workers=2, timeout=30
     )
     assert [o.returncode for o in outcomes] == [0, 3, 0]
-
-
-def test_workers_that_fit_side_by_side_each_get_their_own_cpus(monkeypatch):
-    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5})
-    assert distributed.worker_cpus(2, 2) == [{0, 1}, {2, 3}]
-    assert distributed.worker_cpus(5, 1) == [{0}, {1}, {2}, {3}, {5}]
-    assert distributed.worker_cpus(3, 2) is None  # 6 threads on 5 CPUs: left to the scheduler
-    assert distributed.worker_cpus(1, 4) is None  # one worker: nothing to share
-    assert distributed.worker_cpus(2, None) is None
-
-
-@pytest.mark.skipif(not hasattr(distributed.os, "sched_getaffinity")
-                    or len(distributed.os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
-def test_launched_workers_run_on_their_own_cpus(tmp_path):
-    cpus = sorted(distributed.os.sched_getaffinity(0))
-    # Read after a pause: the launcher pins a worker just after it starts.
-    worker = python(
-        "import os, time\n"
-        "time.sleep(0.5)\n"
-        f"open(os.path.join({str(tmp_path)!r}, os.environ['KERASTUNER_TUNER_ID']), 'w')"
-        ".write(repr(sorted(os.sched_getaffinity(0))))"
-    )
-    outcomes = distributed.launch(python("pass"), worker, num_workers=2, threads=1, timeout=30)
-    assert [o.returncode for o in outcomes] == [0, 0, 0]
-    assert (tmp_path / "worker-0").read_text() == repr([cpus[0]])
-    assert (tmp_path / "worker-1").read_text() == repr([cpus[1]])
