@@ -121,19 +121,20 @@ def test_out_of_memory_candidates_are_skipped_and_the_search_goes_on(tmp_path, p
     x, y = regression_data()
     model = make_model()
     before = model_state(model)
-    # The probe claims 128 fits, but the search's memory runs out above 16: four failures
-    # in a row at the end of the grid must not abort it (keras-tuner's default is 3).
+    # The probe claims 128 fits, but the search's memory runs out above 16: the grid goes
+    # along batch sizes, so each steps_per_epoch ends with three failures in a row, which
+    # must not abort the search (keras-tuner's default limit is 3).
     memory = FakeMemory(limit_bytes=20, bytes_per_sample=1)
 
     result = autobatch.tune(model, (x, y), **small_search(
-        tmp_path, probe=probed, memory=memory, batch_sizes=[16, 32, 64]))
+        tmp_path, probe=probed, memory=memory, batch_sizes=[16, 32, 64, 128]))
 
     assert_untouched(model, before)
     failed = [t for t in result.trials if t.status == "failed"]
-    assert {t.batch_size for t in failed} == {32, 64}
+    assert {t.batch_size for t in failed} == {32, 64, 128}
     assert all(t.error == "out of memory" and t.val_loss is None for t in failed)
     assert result.batch_size == 16
-    assert memory.trial_batch_sizes == [16, 32, 64]  # one run per batch size
+    assert memory.trial_batch_sizes == [16, 32, 64, 128]  # one run per batch size
 
 
 def test_a_nan_loss_fails_only_that_candidate(tmp_path, probed):
@@ -187,8 +188,8 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, probed):
 
     memory = FakeMemory(2**40)
     result = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed, memory=memory))
-    # One run per batch size: the runs of batch 16 and 32 (4 candidates) are not trained
-    # again, only the interrupted one of batch 64.
+    # One run per batch size: the runs of batch 16 and 32 (finished before the interrupt)
+    # are not trained again, only the interrupted one of batch 64.
     assert memory.trial_batch_sizes == [64]
     assert len(result.trials) == 6
 
