@@ -2,7 +2,8 @@
 
 Each run is the probe benchmark's ground truth without a limit: a new process builds a zoo
 model and runs ``fit(x, y, batch_size=b, epochs=2, validation_split=0.2)``; its peak is peak
-RSS less file-backed pages, what autobatch measures on host RAM. The table shows how far the
+RSS less file-backed pages, what autobatch measures on host RAM (host RAM only: on a GPU
+machine the fit runs on the GPU and this measures the host). The table shows how far the
 peaks are from a line in the batch size: their scatter between runs of one batch, and the
 partial batches (training and validation) each batch size ends its passes with, on which
 TensorFlow/CPU's memory also depends. Where the peaks are not monotone in the batch size, a
@@ -37,6 +38,9 @@ def measure(model: str, batch_sizes: list[int], runs: int) -> list[dict[str, Any
         peaks = []
         for _ in range(runs):
             outcome = launcher.run("fit", batch_size=batch_size, epochs=2)
+            if not outcome.get("fits"):  # a catchable out-of-memory error (an accelerator)
+                raise SystemExit(f"{model} at batch {batch_size} ran out of memory; "
+                                 "give smaller batch sizes")
             peaks.append(outcome["peak_charged_bytes"])
         rows.append({
             "batch_size": batch_size,

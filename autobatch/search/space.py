@@ -164,10 +164,14 @@ class SearchSpace:
 
         Without this, Hyperband runs zero trials (see ../shared/PITFALLS.md). Smallest values
         come first: they are the defaults, and grid search starts there. Batch size is
-        declared last, so that a grid goes along batch sizes first (keras-tuner's grid steps
-        the last hyperparameter first): candidates of one batch size share one run, and in a
-        distributed grid search the next candidate along steps_per_epoch was a sibling of the
-        run the previous worker was training, which a second worker could only wait for.
+        declared after steps_per_epoch, so that a grid goes along batch sizes before
+        steps_per_epoch (keras-tuner's grid steps the last-declared hyperparameter first; a
+        HyperModel's own, declared after ours, come before both): candidates of one batch
+        size share one run, and in a distributed grid search the next candidate along
+        steps_per_epoch was a sibling of the run the previous worker was training, which a
+        second worker could only wait for. A grid cut short by ``max_trials`` thus covers
+        batch sizes first. Seeded random, Bayesian and Hyperband searches draw other
+        candidates than before this order (keras-tuner seeds each value by its position).
         """
         if self.epoch_fractions:
             hp.Choice(EPOCH_FRACTION, list(self.epoch_fractions), ordered=True)

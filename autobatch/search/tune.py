@@ -129,7 +129,8 @@ def tune(
             (Keras' default batch size, 32, unless you know better).
         max_trials: At most this many trials (default: a third of the space for random and
             Bayesian search, all of it for grid, the rounds' own schedule for halving and
-            hyperband).
+            hyperband). A grid cut short goes along batch sizes first: each batch size is
+            one training run, which its steps_per_epoch candidates share.
         time_budget: Seconds (or a string such as "90s", "10min", "2h") for the whole call,
             probe included. When it runs out, the candidate in training stops at its next
             epoch end and the best candidate so far is returned, with
