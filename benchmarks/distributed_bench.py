@@ -19,7 +19,7 @@ its slowest run bounds it).
     $ python -m benchmarks.distributed_bench --quick   # a tiny search: mostly process start-up
     $ nice -n 10 python -m benchmarks.distributed_bench --budget-samples 400000 --tuners grid
 
-The default search is short (9-16 s of training with one worker), so starting the processes
+The default search is short (9.5-18.5 s with one worker), so starting the processes
 weighs on it; ``--budget-samples`` trains every candidate longer (tune's default budget on
 digits is 100,000 samples).
 """
