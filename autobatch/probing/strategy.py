@@ -10,7 +10,9 @@ jumps to where it predicts the usable memory ends, then verifies there:
    `ProbeStrategy.memory_model` for which peaks).
 3. Stop when a verified batch is within ``tolerance`` of the predicted edge, or of a batch
    that did not fit (where peaks scatter between processes, within twice the tolerance of
-   a batch that did not fit when the line puts the edge just under it).
+   a batch that did not fit when the line puts the edge just under it), or when two trials
+   past the margin peaked alike though their batches differ (the peak jumps somewhere
+   under them, where no line can place it).
 
 When running out of memory cannot be caught (host RAM: the kernel's OOM killer sends SIGKILL),
 each step goes at most a quarter of the way from the largest measured peak to the limit, less
@@ -29,6 +31,7 @@ trial runs elsewhere.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -245,6 +248,12 @@ class ProbeStrategy:
 
         model = self.memory_model(history)
         assert model is not None  # a batch fitted, so a peak was measured
+        if self._flat_past_margin(history, largest_fit, model):
+            # Between the largest fit and such trials the peak jumps, at a batch no line
+            # places: a CNN's workers at 675 and 607 samples both peaked 1 MiB past the
+            # margin, then 574 and 558 ran past it too (542 fitted at 80 MiB less). More
+            # trials there are coin tosses that gain a few percent at most.
+            return None, "trials past the margin at different batch sizes peaked alike"
         num_measured = len({o.batch_size for o in history if o.peak_bytes is not None})
         edge = model.largest_batch_under(self.usable_bytes)
         if math.isinf(edge):
@@ -305,6 +314,20 @@ class ProbeStrategy:
             target = edge
         batch_size = int(min(max(math.floor(target), largest_fit + 1), cap))
         return Proposal(batch_size, True), ""
+
+    def _flat_past_margin(
+        self, history: list[Observation], largest_fit: int, model: MemoryModel
+    ) -> bool:
+        """Whether, of two measured trials past the margin above the largest fit, the smaller
+        saved less than half of what the line predicts for the samples it dropped."""
+        measured = _largest_peaks(history)
+        past = sorted(b for b, peak in measured.items()
+                      if b > largest_fit and peak > self.usable_bytes)
+        return any(
+            measured[larger] - measured[smaller]
+            < 0.5 * model.bytes_per_sample * (larger - smaller)
+            for smaller, larger in itertools.pairwise(past)
+        )
 
     def _host_step(self, history: list[Observation], model: MemoryModel) -> float | None:
         """The largest next batch that cannot cross the host limit, even if mispredicted;

@@ -357,3 +357,28 @@ def test_a_device_with_exact_peaks_still_tries_right_under_a_near_miss():
     edge = strategy.memory_model(history).largest_batch_under(strategy.usable_bytes)
     assert 0.95 * 313 < edge < 313
     assert strategy.propose(history).batch_size == math.floor(edge)
+
+
+# The CNN's worker trials of probe_bench at 50a2f79 (bytes): 675 and 607 both ran 1 MiB past
+# the margin, then 574 and 558 ran past it too; the answer stayed 542.
+CNN_TRIALS_BYTES = [(1, 361758720), (11, 375123968), (355, 672796672), (542, 756277248),
+                    (719, 861159424), (675, 836714496), (607, 835842048)]
+
+
+def test_trials_past_the_margin_that_peak_alike_end_the_worker_search():
+    strategy = worker_strategy(0, 0, limit_bytes=868_958_208, baseline_bytes=317_300_736,
+                               min_margin_bytes=32 * MIB)
+    history = [Observation(b, peak) for b, peak in CNN_TRIALS_BYTES]
+    assert strategy.propose(history) is None
+    assert "peaked alike" in strategy.stop_reason
+    assert strategy.answer(history) == 542
+    # Before 607 ran, 675 and 719 fell with the line: the search went on (to 607).
+    assert strategy.propose(history[:-1]) is not None
+
+
+def test_trials_past_the_margin_that_fall_with_the_line_do_not_end_the_search():
+    strategy = worker_strategy(1000, 300)
+    # 1 MiB a sample; 700 and 680 ran past the usable 965 MiB and fell as the line predicts.
+    history = history_of([(1, 300), (100, 400), (500, 800), (700, 1000), (680, 980)])
+    proposal = strategy.propose(history)
+    assert proposal is not None and 500 < proposal.batch_size < 680
