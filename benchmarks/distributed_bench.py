@@ -92,8 +92,13 @@ def run(directory: Path, setup: dict[str, Any], num_workers: int, tuner: str) ->
     failed = [o for o in outcomes if o.returncode != 0]
     if failed or not output.exists():
         raise RuntimeError(f"{num_workers} worker(s): {failed or 'no result written'}")
-    result = json.loads(output.read_text())
     cpu = {o.tuner_id: o.cpu_seconds for o in outcomes}
+    return record(json.loads(output.read_text()), tuner, num_workers, wall, cpu)
+
+
+def record(result: dict[str, Any], tuner: str, num_workers: int, wall: float,
+           cpu: dict[str, float]) -> dict[str, Any]:
+    """One run's figures from its ``--json`` result, wall time and CPU seconds per process."""
     return {
         "tuner": tuner,
         "num_workers": num_workers,

@@ -53,3 +53,26 @@ def test_the_bound_counts_halvings_rounds_as_barriers_and_the_grids_runs_as_free
     assert distributed_bench.two_worker_bound(trained, rounds_wait=False) == 2.0
     # One run longer than all the others together bounds it.
     assert distributed_bench.two_worker_bound([[1, 9.0], [1, 1.0]], rounds_wait=False) == 10.0 / 9.0
+
+
+def test_the_record_times_only_trials_that_trained():
+    # A trial read off its batch size's shared run (its seconds are that run's) or repeating
+    # an earlier trial trained nothing: counting its seconds would count a run twice.
+    trials = [
+        {"batch_size": 16, "steps_per_epoch": 23, "val_loss": 0.3, "budget_samples": 100,
+         "seconds": 2.0},
+        {"batch_size": 16, "steps_per_epoch": 45, "val_loss": 0.25, "budget_samples": 100,
+         "seconds": 2.0, "shared_run": "trial-0"},
+        {"batch_size": 16, "steps_per_epoch": 45, "val_loss": 0.25, "budget_samples": 100,
+         "seconds": 2.0, "same_as": "trial-1"},
+        {"batch_size": 64, "steps_per_epoch": 6, "val_loss": 0.2, "budget_samples": 300,
+         "seconds": 6.0, "shared_run": None, "same_as": None},
+        {"batch_size": 128, "steps_per_epoch": 3, "val_loss": None, "budget_samples": 100,
+         "seconds": 1.0},
+    ]
+    result = {"seconds": 9.5, "batch_size": 64, "steps_per_epoch": 6, "epochs": 9,
+              "val_loss": 0.2, "trials": trials}
+    record = distributed_bench.record(result, "halving", 1, 12.0, {"chief": 1.0, "worker-0": 9.0})
+    assert record["trained"] == [[100, 2.0], [300, 6.0], [100, 1.0]]
+    assert record["candidates"] == [(16, 23, 0.3), (16, 45, 0.25), (64, 6, 0.2)]
+    assert record["num_trials"] == 5 and record["chief_cpu_share"] == 0.1
