@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,11 @@ from benchmarks.probe_bench import Launcher
 QUICK = ("mlp", [256, 512, 1024])
 
 
-def measure(model: str, batch_sizes: list[int], runs: int) -> list[dict[str, Any]]:
-    """One row per batch size: its partial batches and the peak of each run."""
+def measure(model: str, batch_sizes: list[int], runs: int) -> Iterator[dict[str, Any]]:
+    """One row per batch size, as each is measured: its partial batches and each run's peak."""
     num_samples = zoo.MODELS[model].num_samples
     num_train, num_validation = _split_sizes(num_samples)  # as fit(validation_split=0.2) splits
     launcher = Launcher(model)
-    rows = []
     for batch_size in batch_sizes:
         peaks = []
         for _ in range(runs):
@@ -42,16 +42,15 @@ def measure(model: str, batch_sizes: list[int], runs: int) -> list[dict[str, Any
                 raise SystemExit(f"{model} at batch {batch_size} ran out of memory; "
                                  "give smaller batch sizes")
             peaks.append(outcome["peak_charged_bytes"])
-        rows.append({
+        print(f"{model} {batch_size}: " + ", ".join(f"{_common.mib(p):.0f}" for p in peaks) + " MiB",
+              flush=True)
+        yield {
             "batch_size": batch_size,
             "train_partial": num_train % batch_size,
             "validation_partial": num_validation % batch_size,
             "shapes_load": _shapes_load(num_samples, batch_size),
             "peaks_bytes": peaks,
-        })
-        print(f"{model} {batch_size}: " + ", ".join(f"{_common.mib(p):.0f}" for p in peaks) + " MiB",
-              flush=True)
-    return rows
+        }
 
 
 def _shapes_load(num_samples: int, batch_size: int) -> int:
@@ -90,11 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a zoo model and at least one batch size, or --quick")
     _common.prepare_environment()
     metadata = _common.run_metadata("quick" if args.quick else "full")
-    rows = measure(model, sorted(batch_sizes), args.runs)
+    stem = _common.result_stem(f"fit_peaks-{model}", args.quick)
+    rows: list[dict[str, Any]] = []
     payload = {**metadata, "model": model, "num_samples": zoo.MODELS[model].num_samples,
-               "runs": args.runs, "rows": rows}
-    path = _common.write_json(args.results_dir, _common.result_stem(f"fit_peaks-{model}", args.quick),
-                              payload)
+               "runs": args.runs, "rows": rows, "complete": False}
+    # Written after every batch size: a run of many minutes keeps what it measured if stopped.
+    for row in measure(model, sorted(batch_sizes), args.runs):
+        rows.append(row)
+        path = _common.write_json(args.results_dir, stem, payload)
+    payload["complete"] = True
+    path = _common.write_json(args.results_dir, stem, payload)
     print(table(rows))
     print(f"result: {path}")
     return 0

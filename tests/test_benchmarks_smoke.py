@@ -297,6 +297,25 @@ def test_fit_peaks_shows_scatter_partial_batches_and_distance_from_a_line():
     assert rows[2]["shapes_load"] == 300 + 200 + 200
 
 
+def test_fit_peaks_keeps_what_it_measured_when_stopped(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import fit_peaks
+
+    def measure(model, batch_sizes, runs):  # one batch measured, then the user presses Ctrl-C
+        yield {"batch_size": batch_sizes[0], "train_partial": 0, "validation_partial": 0,
+               "shapes_load": batch_sizes[0], "peaks_bytes": [1, 2]}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_peaks, "measure", measure)
+    with pytest.raises(KeyboardInterrupt):
+        fit_peaks.main(["mlp", "64", "128", "--results-dir", str(tmp_path), "--no-plots"])
+    [written] = tmp_path.glob("fit_peaks-mlp*.json")
+    payload = json.loads(written.read_text())
+    assert [row["batch_size"] for row in payload["rows"]] == [64]
+    assert payload["complete"] is False
+
+
 def test_tune_bench_counts_a_shared_or_continued_run_once():
     from types import SimpleNamespace
 
