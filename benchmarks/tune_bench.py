@@ -44,6 +44,7 @@ Run:
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import tempfile
@@ -192,10 +193,13 @@ def trained_samples(trials: list[Any]) -> int:
     """The samples a search trained. Not the sum of the trials' ``samples_seen``: candidates of
     one batch size share one run (each counts the run up to its own stop) and a later round
     continues it (counting the earlier rounds again), so a batch size's runs trained what
-    the largest of its counts says."""
-    largest: dict[int, int] = {}
+    the largest of its counts says. A run is a batch size and a HyperModel's own values."""
+    largest: dict[str, int] = {}
     for trial in trials:
-        largest[trial.batch_size] = max(largest.get(trial.batch_size, 0), trial.samples_seen)
+        own = {k: v for k, v in trial.hyperparameters.items()
+               if k not in ("steps_per_epoch", "epoch_fraction") and not k.startswith("tuner/")}
+        run = json.dumps([trial.batch_size, own], sort_keys=True, default=repr)
+        largest[run] = max(largest.get(run, 0), trial.samples_seen)
     return sum(largest.values())
 
 

@@ -321,9 +321,14 @@ def test_tune_bench_counts_a_shared_or_continued_run_once():
 
     from benchmarks.tune_bench import trained_samples
 
-    trials = [SimpleNamespace(batch_size=b, samples_seen=s) for b, s in (
-        (16, 300), (16, 500),   # two candidates of one run, stopped at 300 and 500 samples
-        (16, 1500),             # the next round continues that run to 1500
-        (64, 800),
+    trials = [SimpleNamespace(batch_size=b, samples_seen=s, hyperparameters={
+        "batch_size": b, "steps_per_epoch": steps, "tuner/epochs": 3}) for b, steps, s in (
+        (16, 10, 300), (16, 20, 500),   # two candidates of one run, stopped at 300 and 500
+        (16, 10, 1500),                 # the next round continues that run to 1500
+        (64, 5, 800),
     )]
     assert trained_samples(trials) == 1500 + 800
+    # A HyperModel's own value makes another run of the same batch size.
+    trials.append(SimpleNamespace(batch_size=64, samples_seen=700, hyperparameters={
+        "batch_size": 64, "steps_per_epoch": 5, "units": 32}))
+    assert trained_samples(trials) == 1500 + 800 + 700
