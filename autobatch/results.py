@@ -203,6 +203,10 @@ class TuneTrial:
 
     batch_size: int
     steps_per_epoch: int
+    """Steps of one epoch as trained. A candidate whose one epoch held more samples than its
+    budget (an early round of successive halving or Hyperband) was validated part-way
+    through it: its steps_per_epoch is that shorter epoch, which ``fit`` reproduces (its
+    ``hyperparameters`` keep the value proposed)."""
     status: str
     """"completed", "failed" (out of memory, NaN loss) or "stopped early"."""
     val_loss: float | None

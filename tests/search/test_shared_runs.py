@@ -140,3 +140,24 @@ def test_a_trial_record_being_written_is_never_seen_half_written(tmp_path, monke
     with open(path, encoding="utf-8") as reader:
         assert json.load(reader) == {"val_loss": 0.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trial_record.json"]
+
+
+def test_fit_kwargs_train_the_run_a_budget_capped_winner_scored(tmp_path, probed):
+    # A pass is 8 batches of 16; the budget 64 samples. 8 steps per epoch is more than the
+    # budget, so that candidate was validated part-way through its epoch, at 64 samples:
+    # the same 4 steps as the 4-step candidate. fit_kwargs() must train those 4 steps, not
+    # a whole 8-step epoch (a new user's search named 16 x 90 x 1 where 45 steps scored).
+    x, y = regression_data()
+    model = make_model()
+    initial = [w.numpy().copy() for w in model.weights]
+    result = autobatch.tune(model, (x, y), **small_search(
+        tmp_path, probe=probed, tuner="grid", batch_sizes=[16],
+        steps_per_epoch=[0.25, 0.5, 1.0], budget_samples=64))
+    assert result.fit_kwargs() == {"batch_size": 16, "steps_per_epoch": 4, "epochs": 1}
+    assert all(t.steps_per_epoch * (t.best_epoch or 0) * t.batch_size <= 64
+               for t in result.trials)
+    model.set_weights(initial)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse", metrics=["mae"])
+    keras.utils.set_random_seed(0)
+    history = model.fit(x, y, validation_split=0.2, verbose=0, **result.fit_kwargs())
+    assert history.history["val_loss"][-1] == pytest.approx(result.val_loss, rel=1e-6)
