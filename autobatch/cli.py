@@ -36,6 +36,7 @@ from autobatch.errors import (
     InvalidArgumentError,
     InvalidDataError,
     InvalidModelError,
+    InvalidResultError,
     MissingDependencyError,
 )
 from autobatch.files import NPZ_HELP, load_model, load_npz
@@ -454,24 +455,16 @@ def _writing(option: str, path: Any) -> Iterator[None]:
 
 def load_result_file(path: Path, option: str) -> Any:
     """A probe or tune result saved with --json, with errors that name ``option``."""
-    import json
-
     from autobatch.results import load_result
 
     if path.is_dir():
         raise InvalidDataError(f"{option} {path} is a directory; expected a JSON file written by --json.")
     if not path.is_file():
         raise InvalidDataError(f"{option} {path}: no such file.")
-    expected = "Expected the file written by autobatch's --json option (or result.to_json(path))."
     try:
         return load_result(path)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidDataError(f"{option} {path} is not a JSON file. {expected}") from error
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        raise InvalidDataError(
-            f"{option} {path} is not a result saved by autobatch ({type(error).__name__}: "
-            f"{' '.join(str(error).split())[:200]}). {expected}"
-        ) from error
+    except InvalidResultError as error:
+        raise InvalidDataError(f"{option} {path}: {error}") from error
 
 
 # --- loading the model and the data ----------------------------------------------------------

@@ -26,6 +26,10 @@ class InvalidArgumentError(AutobatchError, ValueError):
     """An option is out of range or of the wrong form (a memory limit that is not a size)."""
 
 
+class InvalidResultError(AutobatchError, ValueError):
+    """A saved result cannot be loaded: not JSON, the other kind of result, fields missing."""
+
+
 class BatchDoesNotFitError(AutobatchError):
     """Even the smallest batch does not fit under the memory limit."""
 

@@ -3,8 +3,8 @@
 These are the contract with pipelines that store results, so fields are only ever added.
 ``from_dict`` ignores keys it does not know, so a result written by a newer autobatch
 still loads in an older one. This module sits at the bottom of autobatch's imports: it
-imports nothing else of autobatch's except, inside ``plot()``, the plots module, which in
-turn names these classes only for type checkers.
+imports nothing else of autobatch's but its errors and, inside ``plot()``, the plots
+module, which in turn names these classes only for type checkers.
 """
 
 from __future__ import annotations
@@ -16,14 +16,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from autobatch.errors import InvalidResultError
+
 SCHEMA_VERSION = 1
 
 _T = TypeVar("_T")
 
 
-def _from_known_fields(cls: type[_T], data: dict[str, Any]) -> _T:
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+def _from_known_fields(cls: type[_T], data: Any) -> _T:
+    name = cls.__name__
+    if not isinstance(data, dict):
+        raise InvalidResultError(
+            f"A saved {name} is a JSON object; got {type(data).__name__}. Expected what "
+            "to_json() writes."
+        )
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    missing = [f.name for f in fields if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        listed = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise InvalidResultError(
+            f"Not a saved {name}: it has no {listed}. Expected what to_json() or autobatch's "
+            "--json option writes."
+        )
+    names = {f.name for f in fields}
     return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def _check_kind(data: Any, kind: str) -> dict[str, Any]:
+    """``data``, if it is a dict and not the other kind of result."""
+    if not isinstance(data, dict):
+        raise InvalidResultError(
+            f"A saved {kind} result is a JSON object; got {type(data).__name__}. Expected what "
+            "to_json() writes."
+        )
+    if data.get("kind") not in (None, kind):
+        other = "TuneResult" if data["kind"] == "tune" else "ProbeResult"
+        raise InvalidResultError(
+            f"This is a {data['kind']} result, not a {kind} result. Load it with "
+            f"{other}.from_json(), or with autobatch.load_result(), which reads either."
+        )
+    return data
+
+
+def _read_json(text_or_path: str | Path) -> Any:
+    """The JSON text itself (starting with "{"), or the file at that path, parsed."""
+    expected = "Expected what to_json() or autobatch's --json option writes."
+    text = str(text_or_path)
+    if not text.lstrip().startswith("{"):
+        try:
+            text = Path(text_or_path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidResultError(f"Not JSON (not even text). {expected}") from error
+        except OSError as error:
+            raise InvalidResultError(
+                f"Cannot read {text_or_path} ({error.strerror or error}). {expected[:-1]}: "
+                "the path of such a file, or the JSON text itself."
+            ) from error
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidResultError(f"Not JSON ({error.msg} at line {error.lineno}). {expected}") from error
 
 
 class _JsonMixin:
@@ -36,11 +89,9 @@ class _JsonMixin:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path):
-        """Load a result from a JSON string or from a path to a JSON file."""
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text(encoding="utf-8")
-        return cls.from_dict(json.loads(text))  # type: ignore[attr-defined]
+        """Load a result from a JSON string or from a path to a JSON file; an
+        `InvalidResultError` says why when it cannot."""
+        return cls.from_dict(_read_json(text_or_path))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -183,7 +234,7 @@ class ProbeResult(_JsonMixin):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
-        data = dict(data)
+        data = dict(_check_kind(data, "probe"))
         data["trials"] = [_from_known_fields(ProbeTrial, t) for t in data.get("trials", [])]
         data["verifications"] = [
             _from_known_fields(ProbeVerification, v) for v in data.get("verifications", [])
@@ -414,7 +465,7 @@ class TuneResult(_JsonMixin):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TuneResult:
-        data = dict(data)
+        data = dict(_check_kind(data, "tune"))
         data["trials"] = [_from_known_fields(TuneTrial, t) for t in data.get("trials", [])]
         if data.get("probe") is not None:
             data["probe"] = ProbeResult.from_dict(data["probe"])
@@ -428,8 +479,9 @@ class TuneResult(_JsonMixin):
 
 
 def load_result(path: str | Path) -> ProbeResult | TuneResult:
-    """Load a probe or tune result saved with ``to_json``."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if data.get("kind") == "tune" or "steps_per_epoch" in data:
+    """Load a probe or tune result saved with ``to_json``; an `InvalidResultError` says why
+    when it cannot."""
+    data = _read_json(path)
+    if isinstance(data, dict) and (data.get("kind") == "tune" or "steps_per_epoch" in data):
         return TuneResult.from_dict(data)
     return ProbeResult.from_dict(data)

@@ -233,7 +233,7 @@ def test_report_rerenders_a_saved_result_with_plots(capsys, files, tmp_path):
 def test_report_of_a_file_that_is_not_a_result_fails(capsys, tmp_path):
     (tmp_path / "other.json").write_text('{"hello": 1}')
     assert run("report", tmp_path / "other.json") == 1
-    assert "not a result saved by autobatch" in capsys.readouterr().err
+    assert "Not a saved ProbeResult: it has no max_batch_size" in capsys.readouterr().err
 
 
 def test_report_plots_without_matplotlib_give_the_install_hint(capsys, files, tmp_path, monkeypatch):
@@ -406,8 +406,8 @@ def _bad_file(kind, tmp_path, files):
 
 @pytest.mark.parametrize(
     "kind, message",
-    [("missing", "no such file"), ("directory", "is a directory"), ("npz", "is not a JSON file"),
-     ("other json", "not a result saved by autobatch"), ("tune result", "holds a tune result")],
+    [("missing", "no such file"), ("directory", "is a directory"), ("npz", "Not JSON"),
+     ("other json", "Not a saved ProbeResult"), ("tune result", "holds a tune result")],
 )
 def test_a_bad_probe_file_is_one_line_naming_probe(capsys, files, tmp_path, monkeypatch, kind, message):
     monkeypatch.setattr(autobatch, "tune", _must_not_run)
@@ -416,7 +416,7 @@ def test_a_bad_probe_file_is_one_line_naming_probe(capsys, files, tmp_path, monk
     assert message in _one_line_naming(capsys, f"--probe {path}")
 
 
-@pytest.mark.parametrize("kind, message", [("missing", "no such file"), ("npz", "is not a JSON file"),
+@pytest.mark.parametrize("kind, message", [("missing", "no such file"), ("npz", "Not JSON"),
                                            ("directory", "is a directory")])
 def test_a_bad_result_file_for_report_is_one_line(capsys, files, tmp_path, kind, message):
     path = _bad_file(kind, tmp_path, files)

@@ -7,7 +7,7 @@ def test_exported_members():
     assert sorted(autobatch.__all__) == sorted(
         [
             "AllTrialsFailedError", "AutobatchError", "BatchDoesNotFitError", "FakeMemory",
-            "InvalidArgumentError", "InvalidDataError", "InvalidModelError",
+            "InvalidArgumentError", "InvalidDataError", "InvalidModelError", "InvalidResultError",
             "MissingDependencyError", "NoTrainingError", "ProbeResult", "ProbeTrial",
             "TrialError", "TuneResult", "TuneTrial", "WorkerDoesNotFitError", "load_result", "probe",
             "tune",

@@ -6,7 +6,7 @@ import pytest
 
 from autobatch import ProbeResult, ProbeTrial, TuneResult, TuneTrial, load_result
 from autobatch._units import format_bytes, parse_bytes
-from autobatch.errors import InvalidArgumentError
+from autobatch.errors import InvalidArgumentError, InvalidResultError
 
 
 def probe_result(**changes):
@@ -39,6 +39,39 @@ def test_tune_result_fit_kwargs_and_round_trip(tmp_path):
     assert json.loads(path.read_text())["kind"] == "tune"
     assert load_result(path) == result
     assert load_result(path).probe == probe_result()
+
+
+@pytest.mark.parametrize(
+    "load, content, message",
+    [
+        (ProbeResult.from_json, None, "Cannot read"),  # no such file
+        (ProbeResult.from_json, "not json at all", "Not JSON (Expecting value at line 1)"),
+        (ProbeResult.from_json, b"\xff\xfe\x00", "Not JSON (not even text)"),
+        (ProbeResult.from_json, '{"hello": 1}', "Not a saved ProbeResult: it has no "
+                                                "max_batch_size, limit_bytes, limit_source, "
+                                                "backend and 8 more"),
+        (ProbeResult.from_json, "[1, 2]", "A saved probe result is a JSON object; got list"),
+        (TuneResult.from_json, "PROBE", "This is a probe result, not a tune result"),
+        (load_result, '{"kind": "tune", "trials": [{"batch_size": 16}]}',
+         "Not a saved TuneTrial: it has no steps_per_epoch"),
+        (load_result, "[]", "A saved probe result is a JSON object"),
+    ],
+)
+def test_a_file_that_is_not_a_result_is_one_typed_error_saying_why(tmp_path, load, content,
+                                                                   message):
+    path = tmp_path / "result.json"
+    if content == "PROBE":
+        probe_result().to_json(path)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(InvalidResultError) as raised:
+        load(path)
+    assert message in str(raised.value)
+    # One line that says how to fix it.
+    assert "\n" not in str(raised.value)
+    assert "Expected" in str(raised.value) or "Load it with" in str(raised.value)
 
 
 @pytest.mark.parametrize(
