@@ -11,8 +11,8 @@ jumps to where it predicts the usable memory ends, then verifies there:
 3. Stop when a verified batch is within ``tolerance`` of the predicted edge, or of a batch
    that did not fit (where peaks scatter between processes, within twice the tolerance of
    a batch that did not fit when the line puts the edge just under it), or when two trials
-   past the margin peaked alike though their batches differ (the peak jumps somewhere
-   under them, where no line can place it).
+   past the margin peaked alike though their batches differ and the bracket is narrow (the
+   peak jumps somewhere under them, where no line can place it; a wide bracket is halved).
 
 When running out of memory cannot be caught (host RAM: the kernel's OOM killer sends SIGKILL),
 each step goes at most a quarter of the way from the largest measured peak to the limit, less
@@ -44,6 +44,11 @@ HOST_STEP_DIVISOR = 4.0
 SHAPE_STEP_FACTOR = 2.0
 #: Host RAM: at most about this many batch sizes are scanned for one whose shapes fit a step.
 MAX_SHAPE_SCAN = 100_000
+#: Trials past the margin that peaked alike end the search within this many tolerances of
+#: the smallest of them (15% for workers): a CNN's 607 after 542 fitted. Further down,
+#: the bracket is split: another CNN run's 620 and 558 after 429 would have stopped at 0.63
+#: of the batch real training fits.
+FLAT_BRACKET = 3.0
 #: Host RAM: steps that rose by less than this share of the free memory do not count towards
 #: `ProbeStrategy.surprise` as predictions (their slope is scatter).
 FLAT_RISE = 0.02
@@ -248,11 +253,12 @@ class ProbeStrategy:
 
         model = self.memory_model(history)
         assert model is not None  # a batch fitted, so a peak was measured
-        if self._flat_past_margin(history, largest_fit, model):
-            # Between the largest fit and such trials the peak jumps, at a batch no line
-            # places: a CNN's workers at 675 and 607 samples both peaked 1 MiB past the
-            # margin, then 574 and 558 ran past it too (542 fitted at 80 MiB less). More
-            # trials there are coin tosses that gain a few percent at most.
+        # Between the largest fit and such trials the peak jumps, at a batch no line places:
+        # a CNN's workers at 675 and 607 samples both peaked 1 MiB past the margin, then 574
+        # and 558 past it too (542 fitted, 80 MiB lower). Within a narrow bracket, more
+        # trials are coin tosses for a few percent; a wide one is split in half.
+        flat = self._flat_past_margin(history, largest_fit, model)
+        if flat and largest_fit >= smallest_fail * (1 - FLAT_BRACKET * self.tolerance):
             return None, "trials past the margin at different batch sizes peaked alike"
         num_measured = len({o.batch_size for o in history if o.peak_bytes is not None})
         edge = model.largest_batch_under(self.usable_bytes)
@@ -278,7 +284,7 @@ class ProbeStrategy:
         elif math.floor(edge) <= largest_fit or edge - largest_fit < close_enough:
             return None, "reached the predicted memory limit"
 
-        if edge >= smallest_fail:
+        if edge >= smallest_fail or flat:
             # The line is wrong above the largest fit: split the bracket instead.
             target = largest_fit + (smallest_fail - largest_fit) / 2
         elif self.measured_answers_only and edge >= smallest_fail * (1 - self.tolerance):

@@ -382,3 +382,15 @@ def test_trials_past_the_margin_that_fall_with_the_line_do_not_end_the_search():
     history = history_of([(1, 300), (100, 400), (500, 800), (700, 1000), (680, 980)])
     proposal = strategy.propose(history)
     assert proposal is not None and 500 < proposal.batch_size < 680
+
+
+def test_trials_past_the_margin_that_peak_alike_far_above_the_largest_fit_split_the_bracket():
+    # Another CNN run (64d98a3): 620 ran 8 MiB past the margin, then 558 peaked higher still;
+    # 429 fitted, 30% under 558. Stopping there answered 0.63 of the real maximum.
+    strategy = worker_strategy(0, 0, limit_bytes=869_000_000, baseline_bytes=317_000_000,
+                               min_margin_bytes=32 * MIB)
+    history = history_of([(1, 345), (11, 355), (429, 658), (620, 805), (558, 817)])
+    assert strategy.propose(history).batch_size == (429 + 558) // 2
+    # Once the bracket is narrow, the search ends at the largest fit.
+    assert strategy.propose([*history, *history_of([(493, 700)])]) is None
+    assert "peaked alike" in strategy.stop_reason
