@@ -697,14 +697,17 @@ def _in_option_terms(args: argparse.Namespace) -> Iterator[None]:
             raise
         raise UsageError(message) from error
     except InvalidModelError as error:
-        if getattr(args, "model", None) is None:
-            raise
+        if getattr(args, "model", None) is None or str(args.model) in str(error):
+            raise  # no file to name, or named already
         raise InvalidModelError(f"MODEL {args.model}: {error}") from error
     except InvalidDataError as error:
         files = [f"--data {args.data}"] if getattr(args, "data", None) else []
         if getattr(args, "validation_data", None) is not None:
             files.append(f"--validation-data {args.validation_data}")
-        if not files:
+        named = [path for path in (getattr(args, "data", None),
+                                   getattr(args, "validation_data", None))
+                 if path is not None and str(path) in str(error)]
+        if not files or named:
             raise
         raise InvalidDataError(f"{' or '.join(files)}: {error}") from error
 

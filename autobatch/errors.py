@@ -100,8 +100,8 @@ def describe_backend_error(
     ]
     # Without its full stop, so that callers can go on with ". What to do ...".
     line = _NODE_REFERENCE.sub("", meaningful[0]).strip().removesuffix(".") if meaningful else ""
-    if len(line) > limit:
-        line = line[: limit - 3].rstrip() + "..."
+    if len(line) > limit:  # cut between words: a word cut short reads as a typo
+        line = line[: limit - 3].rsplit(" ", 1)[0].rstrip() + "..."
     if not with_type:
         return line
     name = type(error).__name__

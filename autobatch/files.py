@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from autobatch.errors import InvalidDataError, InvalidModelError
+from autobatch.errors import InvalidDataError, InvalidModelError, describe_backend_error
 
 NPZ_HELP = """\
 Data files are NumPy .npz archives (np.savez) whose array names say what they hold:
@@ -88,8 +88,8 @@ def load_model(path: Path) -> Any:
             model = keras.saving.load_model(path)
     except Exception as error:  # noqa: BLE001 - Keras raises many kinds here
         raise InvalidModelError(
-            f"MODEL {path}: cannot load a Keras model from it ({type(error).__name__}: "
-            f"{' '.join(str(error).split())[:300]}). Expected a file written by "
+            f"MODEL {path}: cannot load a Keras model from it ({describe_backend_error(error)})."
+            " Expected a file written by "
             "model.save('model.keras'); custom layers must be importable and registered with "
             "@keras.saving.register_keras_serializable() (in a probe's worker processes: name "
             "their module with worker_imports=[...] or --import)."

@@ -132,6 +132,15 @@ def test_failures_exit_1_with_one_line_and_no_traceback(capsys, files, tmp_path,
     assert err.startswith("autobatch: error: ")
     assert "Traceback" not in err
     assert __import__("re").search(message, err)
+    # The file at fault is named once ("MODEL m.keras: model m.keras: no such file" was not).
+    assert err.count(str(model if "model" in case else data)) == 1, err
+
+
+def test_a_file_that_is_not_a_model_is_one_line_cut_between_words(capsys, files):
+    assert run("probe", files / "data.npz", "--data", files / "data.npz", "--in-process") == 1
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and "cannot load a Keras model from it" in err, err
+    assert err.count(f"MODEL {files / 'data.npz'}") == 1, err
 
 
 def test_debug_adds_the_traceback(capsys, tmp_path):
