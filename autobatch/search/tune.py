@@ -718,10 +718,11 @@ def _result(
     if best is None or best.status == "failed" or best.val_loss is None:
         raise AllTrialsFailedError(_all_failed_message(records, directory))
     assert best.best_epoch is not None  # a trial with a val_loss has the epoch it came from
+    schedule = best.fit_kwargs()  # the run it scored, which may end part-way through an epoch
     return TuneResult(
         batch_size=best.batch_size,
-        steps_per_epoch=best.steps_per_epoch,
-        epochs=best.best_epoch,
+        steps_per_epoch=schedule["steps_per_epoch"],
+        epochs=schedule["epochs"],
         val_loss=best.val_loss,
         trials=records,
         probe=probe,
