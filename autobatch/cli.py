@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
@@ -414,8 +415,8 @@ def check_output_file(value: str | Path | None, option: str) -> None:
     parent = path.parent
     if not parent.is_dir():
         raise UsageError(f"{option} {value}: the directory {parent} does not exist; create it first.")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{option} {value}: the directory {parent} is not writable.")
+    if reason := _cannot_write_in(parent):
+        raise UsageError(f"{option} {value}: cannot write in {parent} ({reason}).")
 
 
 def check_output_dir(value: Path | None, option: str) -> None:
@@ -429,8 +430,18 @@ def check_output_dir(value: Path | None, option: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UsageError(f"{option} {value}: cannot create it, {existing} is a file.")
-    if not os.access(existing, os.W_OK):
-        raise UsageError(f"{option} {value}: cannot create or write it, {existing} is not writable.")
+    if reason := _cannot_write_in(existing):
+        raise UsageError(f"{option} {value}: cannot create or write it in {existing} ({reason}).")
+
+
+def _cannot_write_in(directory: Path) -> str | None:
+    """Why no file can be written in ``directory`` (None when one can): by trying, since
+    permission bits do not tell (root may write anywhere they say, yet not in /proc)."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return None
+    except OSError as error:
+        return error.strerror or str(error)
 
 
 def check_plots(value: Path | None, option: str = "--plots") -> None:

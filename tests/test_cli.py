@@ -453,6 +453,9 @@ def _must_not_run(*args, **kwargs):
         ("probe", "--plots", "file.txt/plots", "cannot create it"),
         ("tune", "--json", "no_dir/t.json", "does not exist"),
         ("tune", "--directory", "file.txt", "is a file"),
+        # Root passes every permission check, yet cannot create files in /proc: tried.
+        ("probe", "--json", "/proc/p.json", "cannot write in /proc"),
+        ("probe", "--plots", "/proc/plots", "cannot create or write it in /proc"),
     ],
 )
 def test_an_unwritable_output_fails_before_any_work(capsys, files, tmp_path, monkeypatch,
