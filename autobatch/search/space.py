@@ -315,7 +315,7 @@ def build_space(
         top = max(num_replicas, max_batch_size - max_batch_size % num_replicas)
         sizes = sorted({max(num_replicas, b - b % num_replicas) for b in default_batch_sizes(top, num_samples)})
     else:
-        given = _positive_ints(batch_sizes, "batch_sizes")
+        given = _positive_ints(batch_sizes, "batch_sizes", "batch sizes such as [32, 64, 128]")
         uneven = [size for size in given if size % num_replicas]
         if uneven:
             raise InvalidArgumentError(
@@ -347,7 +347,9 @@ def build_space(
             )
         fractions = tuple(sorted({float(v) for v in values}))
         return SearchSpace(num_samples, tuple(sizes), fractions, endless=endless)
-    steps = tuple(sorted(set(_positive_ints(values, "steps_per_epoch"))))
+    steps = tuple(sorted(set(_positive_ints(
+        values, "steps_per_epoch", "step counts such as [50, 100, 200], or fractions of a pass "
+        "such as [0.25, 0.5, 1.0]"))))
     return SearchSpace(num_samples, tuple(sizes), steps_per_epoch=steps, endless=endless)
 
 
@@ -355,13 +357,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _positive_ints(values: Any, name: str) -> list[int]:
+def _positive_ints(values: Any, name: str, example: str = "e.g. [32, 64, 128]") -> list[int]:
     items = list(values) if isinstance(values, (list, tuple)) else None
     if not items or not all(
         isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1 for v in items
     ):
         raise InvalidArgumentError(
-            f"{name}={values!r}; expected a non-empty list of positive integers, "
-            "e.g. [32, 64, 128]."
+            f"{name}={values!r}; expected a non-empty list of positive integers: {example}."
         )
     return [int(v) for v in items]

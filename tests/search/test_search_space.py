@@ -104,6 +104,9 @@ def test_user_lists_above_the_probed_maximum_are_dropped_and_steps_clamped_to_a_
         ([0, 16], None, r"batch_sizes=\[0, 16\]; expected a non-empty list of positive"),
         (None, [0.5, 2], r"steps_per_epoch=\[0.5, 2\] mixes in fractions"),
         (None, [], r"steps_per_epoch=\[\]; expected a non-empty list"),
+        # Its example is of steps, not of batch sizes (it said "e.g. [32, 64, 128]").
+        (None, [-1], r"steps_per_epoch=\[-1\]; .*positive integers: step counts such as "
+                     r"\[50, 100, 200\], or fractions of a pass such as \[0.25, 0.5, 1.0\]"),
     ],
 )
 def test_bad_lists_say_what_was_expected(batch_sizes, steps, match):
