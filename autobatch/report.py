@@ -579,7 +579,11 @@ def _relative_gap(value: float, best: float) -> str:
 
 def _headroom(probe: ProbeResult, batch_size: int) -> str:
     """How much memory the chosen batch leaves free, from what the probe measured."""
-    text = f"The largest batch that fits is {probe.max_batch_size}"
+    if probe.num_samples is not None and probe.max_batch_size >= probe.num_samples:
+        # The probe ran out of samples, not of memory: 'the largest that fits' would mislead.
+        text = f"Memory limits no batch of these {probe.num_samples} samples"
+    else:
+        text = f"The largest batch that fits is {probe.max_batch_size}"
     peak, how = _peak_at(probe, batch_size)
     if peak is None:
         return text + "."

@@ -105,6 +105,14 @@ def test_tune_summary_says_what_why_and_the_headroom():
     assert "batch 16 peaks near 1.32 GiB, leaving 6.68 GiB (84%) of the 8.00 GiB limit" in text
 
 
+def test_tune_summary_does_not_call_all_the_samples_the_largest_batch_that_fits():
+    # The probe stopped at all 5000 samples: the data ran out, not the memory.
+    probe = probe_result(max_batch_size=5000, stop_reason="limited by the number of training samples")
+    text = report.tune_summary(tune_result(probe=probe))
+    assert "Memory limits no batch of these 5000 samples" in text
+    assert "largest batch that fits" not in text
+
+
 def test_probe_summary_says_when_the_result_came_from_the_cache():
     assert "from the probe cache" in report.probe_summary(probe_result(from_cache=True))
     assert "from the probe cache" not in report.probe_summary(probe_result())

@@ -325,10 +325,11 @@ def build_space(
             )
         sizes = sorted({size for size in given if size <= max_batch_size})
         if not sizes:
+            above = (f"the {num_samples} training samples" if max_batch_size >= num_samples
+                     else f"the largest batch that fits, {max_batch_size} (from the probe)")
             raise InvalidArgumentError(
-                f"batch_sizes={list(batch_sizes)!r}: every one is above the largest batch that "
-                f"fits, {max_batch_size} (from the probe). Pass sizes up to {max_batch_size}, "
-                "or leave batch_sizes=None for powers of two up to it."
+                f"batch_sizes={list(batch_sizes)!r}: every one is above {above}. Pass sizes up "
+                f"to {max_batch_size}, or leave batch_sizes=None for powers of two up to it."
             )
     if steps_per_epoch is None:
         return SearchSpace(num_samples, tuple(sizes), DEFAULT_EPOCH_FRACTIONS, endless=endless)

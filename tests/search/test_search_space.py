@@ -100,7 +100,8 @@ def test_user_lists_above_the_probed_maximum_are_dropped_and_steps_clamped_to_a_
 @pytest.mark.parametrize(
     ("batch_sizes", "steps", "match"),
     [
-        ([80, 90], None, r"batch_sizes=\[80, 90\]: every one is above .* 50"),
+        ([80, 90], None, r"batch_sizes=\[80, 90\]: every one is above the largest batch "
+                         r"that fits, 50 \(from the probe\)"),
         ([0, 16], None, r"batch_sizes=\[0, 16\]; expected a non-empty list of positive"),
         (None, [0.5, 2], r"steps_per_epoch=\[0.5, 2\] mixes in fractions"),
         (None, [], r"steps_per_epoch=\[\]; expected a non-empty list"),
@@ -113,6 +114,13 @@ def test_bad_lists_say_what_was_expected(batch_sizes, steps, match):
     with pytest.raises(InvalidArgumentError, match=match):
         build_space(num_samples=100, max_batch_size=50, endless=False,
                     batch_sizes=batch_sizes, steps_per_epoch=steps)
+
+
+def test_batch_sizes_above_the_data_are_refused_as_such_not_as_too_large_for_memory():
+    # The probe's answer is capped at the training samples: that is what the sizes exceed.
+    with pytest.raises(InvalidArgumentError, match=r"every one is above the 100 training samples"):
+        build_space(num_samples=100, max_batch_size=100, endless=False, batch_sizes=[120],
+                    steps_per_epoch=None)
 
 
 def test_the_space_is_declared_before_the_search_smallest_values_first():
