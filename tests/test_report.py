@@ -113,6 +113,19 @@ def test_tune_summary_does_not_call_all_the_samples_the_largest_batch_that_fits(
     assert "largest batch that fits" not in text
 
 
+def test_an_answer_backed_off_from_a_failed_verification_is_not_called_interpolated():
+    # As in a new user's demo: the line's answer failed its verification, and the answer was
+    # backed off from it without a verification of its own (in-process on host RAM).
+    from autobatch.results import ProbeVerification
+
+    text = report.probe_summary(probe_result(max_batch_size=310, verifications=[
+        ProbeVerification(330, int(7.9 * GIB), False, 2, 8, error="above the safety margin")]))
+    assert ("It is backed off from batch 330, whose real epochs went above the safety margin, "
+            "by that excess at the measured cost per sample.") in text
+    assert "interpolated" not in text
+    assert "NOT verified itself; pass a larger margin=" in text
+
+
 def test_probe_summary_says_when_the_result_came_from_the_cache():
     assert "from the probe cache" in report.probe_summary(probe_result(from_cache=True))
     assert "from the probe cache" not in report.probe_summary(probe_result())
