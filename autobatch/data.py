@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from autobatch._quiet import import_tensorflow_quietly
-from autobatch.errors import InvalidDataError
+from autobatch.errors import InvalidDataError, kind_of
 
 #: The share of the arrays that the probe validates on, as ``fit(validation_split=0.2)``.
 VALIDATION_SPLIT = 0.2
@@ -116,7 +116,7 @@ def as_training_data(
     if callable(data):
         return CallableData(data, name=name, num_samples=num_samples)
     raise InvalidDataError(
-        f"{name} is a {type(data).__name__}. Expected (x, y) or (x, y, sample_weight) with "
+        f"{name} is {kind_of(data)}. Expected (x, y) or (x, y, sample_weight) with "
         "NumPy arrays (dicts or lists of arrays for several inputs), an unbatched "
         "tf.data.Dataset, or a callable batch_size -> batched dataset. Example: "
         "autobatch.probe(model, (x_train, y_train))."
@@ -159,7 +159,7 @@ class ArrayData(TrainingData):
                 shape = getattr(leaf, "shape", None)
                 if shape is None or len(shape) == 0:
                     raise InvalidDataError(
-                        f"{name}: {part} holds a {type(leaf).__name__}, not an array with a "
+                        f"{name}: {part} holds {kind_of(leaf)}, not an array with a "
                         "sample axis. Expected NumPy arrays (or tensors) whose first axis is "
                         "the sample. Convert it with np.asarray(...)."
                     )
@@ -184,7 +184,7 @@ class ArrayData(TrainingData):
     def from_tuple(cls, data: tuple | list, *, name: str = "data") -> ArrayData:
         if len(data) not in (2, 3):
             raise InvalidDataError(
-                f"{name} is a {type(data).__name__} of {len(data)} items. Expected (x, y) or "
+                f"{name} is {kind_of(data)} of {len(data)} items. Expected (x, y) or "
                 "(x, y, sample_weight). For a multi-input model pass x as a list or dict: "
                 "((x1, x2), y) or ({'a': xa, 'b': xb}, y)."
             )

@@ -58,6 +58,13 @@ class MissingDependencyError(AutobatchError, ImportError):
     """An optional dependency is needed for this feature and is not installed."""
 
 
+def kind_of(value: object) -> str:
+    """``value``'s type with its article, for messages: "an int", "a list", "an ndarray"."""
+    name = type(value).__name__
+    vowel_sound = name[:1].lower() in "aeiou" or name.startswith("nd")  # "en-dee-array"
+    return f"{'an' if vowel_sound else 'a'} {name}"
+
+
 #: Longest backend text kept in a message; Keras and TensorFlow errors can run to pages.
 MAX_BACKEND_TEXT = 300
 

@@ -38,7 +38,7 @@ def test_empty_dataset_is_rejected():
     [
         ("train.csv", r"data is a str\. Expected \(x, y\)"),
         ((np.zeros(3),), r"tuple of 1 items\. Expected \(x, y\) or \(x, y, sample_weight\)"),
-        ((5, np.zeros(3)), r"x holds a int, not an array.*np\.asarray"),
+        ((5, np.zeros(3)), r"x holds an int, not an array.*np\.asarray"),
         ((None, np.zeros(3)), r"x is None"),
     ],
 )

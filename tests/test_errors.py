@@ -107,3 +107,12 @@ def test_a_failed_search_candidate_is_one_clean_line_with_its_cause(tmp_path):
         )
     assert_one_clean_line(str(info.value))
     assert info.value.__cause__ is not None
+
+
+def test_kind_of_names_a_type_with_its_article():
+    import numpy as np
+
+    from autobatch.errors import kind_of
+
+    assert [kind_of(v) for v in (5, [1], np.zeros(1), "x", {})] == [
+        "an int", "a list", "an ndarray", "a str", "a dict"]

@@ -43,6 +43,7 @@ from autobatch.errors import (
     InvalidArgumentError,
     TrialError,
     WorkerDoesNotFitError,
+    kind_of,
 )
 from autobatch.probing.answer import build_result, trial_record, verified_answer
 from autobatch.probing.replicas import ReplicaProbeStrategy
@@ -206,7 +207,7 @@ def saved_for_workers(model: Any, training_data: Any, folder: Path) -> tuple[Pat
             arrays.update({f"{prefix}_{name}": np.asarray(v) for name, v in value.items()})
         elif isinstance(value, (list, tuple)):
             raise InvalidArgumentError(
-                f"isolate=True cannot save {prefix} given as a {type(value).__name__} of "
+                f"isolate=True cannot save {prefix} given as {kind_of(value)} of "
                 "arrays: workers match inputs by name. Pass a dict {input_name: array}, or "
                 "isolate=False."
             )

@@ -18,6 +18,7 @@ from autobatch.errors import (
     InvalidArgumentError,
     InvalidModelError,
     WorkerDoesNotFitError,
+    kind_of,
 )
 from autobatch.memory.base import MemoryBackend
 from autobatch.probing.answer import build_result, trial_record, verified_answer
@@ -38,7 +39,7 @@ def check_model(model: Any) -> None:
 
     if not isinstance(model, keras.Model):
         raise InvalidModelError(
-            f"model is a {type(model).__name__}. Expected a compiled keras.Model "
+            f"model is {kind_of(model)}. Expected a compiled keras.Model "
             "(Sequential, functional or subclassed). Build it with keras, then call "
             "model.compile(optimizer=..., loss=...)."
         )
@@ -336,7 +337,7 @@ def _probe_isolated(
             )
         if not isinstance(data, (str, os.PathLike)):
             raise InvalidArgumentError(
-                f"model is a path ({model}) but data is a {type(data).__name__}. With a model "
+                f"model is a path ({model}) but data is {kind_of(data)}. With a model "
                 'file, pass the data as an .npz file too: np.savez("train.npz", x=x, y=y).'
             )
         from autobatch.files import check_readable

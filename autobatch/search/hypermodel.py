@@ -17,7 +17,7 @@ from typing import Any
 import keras_tuner
 import numpy as np
 
-from autobatch.errors import InvalidArgumentError, InvalidModelError
+from autobatch.errors import InvalidArgumentError, InvalidModelError, kind_of
 from autobatch.probing.state import fresh_optimizer
 from autobatch.search.space import SearchSpace
 
@@ -72,7 +72,7 @@ def check_built_model(model: Any, source: str) -> None:
 
     if not isinstance(model, keras.Model):
         raise InvalidModelError(
-            f"{source} returned a {type(model).__name__}. Expected a compiled keras.Model: "
+            f"{source} returned {kind_of(model)}. Expected a compiled keras.Model: "
             "build() must return the model after model.compile(optimizer=..., loss=...)."
         )
     if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:

@@ -24,6 +24,7 @@ from autobatch.errors import (
     InvalidDataError,
     TrialError,
     describe_backend_error,
+    kind_of,
 )
 from autobatch.memory.base import MemoryBackend
 from autobatch.results import ProbeResult, TuneResult, TuneTrial, ranked_trials
@@ -280,7 +281,7 @@ def _check_arguments(
     _check_callbacks(callbacks)
     if probe is not None and not isinstance(probe, ProbeResult):
         raise InvalidArgumentError(
-            f"probe is a {type(probe).__name__}. Expected the ProbeResult of autobatch.probe(), "
+            f"probe is {kind_of(probe)}. Expected the ProbeResult of autobatch.probe(), "
             "or None to probe first."
         )
 

@@ -218,7 +218,7 @@ def test_uncompiled_model_and_non_models_are_rejected(regression_data):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
     with pytest.raises(autobatch.InvalidModelError, match="is not compiled.*model.compile"):
         autobatch.probe(model, regression_data)
-    with pytest.raises(autobatch.InvalidModelError, match="model is a int"):
+    with pytest.raises(autobatch.InvalidModelError, match="model is an int"):
         autobatch.probe(42, regression_data)
     # A path is a model file, probed in worker processes: then the data must be a file too.
     with pytest.raises(autobatch.InvalidArgumentError, match="model is a path.*npz"):

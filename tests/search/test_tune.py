@@ -269,7 +269,7 @@ def test_an_infinite_dataset_with_its_size_stated_is_searched(tmp_path, probed):
         ({"lr_scaling": "cube"}, InvalidArgumentError, r"lr_scaling='cube'; expected None"),
         ({"patience": 0}, InvalidArgumentError, r"patience=0; expected positive passes"),
         ({"budget_samples": 0}, InvalidArgumentError, r"budget_samples=0; expected a positive"),
-        ({"probe": 128}, InvalidArgumentError, r"probe is a int. Expected the ProbeResult"),
+        ({"probe": 128}, InvalidArgumentError, r"probe is an int. Expected the ProbeResult"),
     ],
 )
 def test_bad_options_are_rejected_before_any_training(tmp_path, arguments, error, match):
