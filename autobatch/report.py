@@ -13,6 +13,7 @@ import traceback
 from typing import Any
 
 from autobatch._units import format_bytes
+from autobatch.errors import InvalidArgumentError
 from autobatch.results import ProbeResult, ProbeTrial, ranked_trials
 
 #: The width of output that is not a terminal (a file, a pipe, a CI log): wide enough that no
@@ -177,6 +178,15 @@ class _ProbeProgress(_Progress):
 
     def done(self, result: ProbeResult) -> None:
         self.console.print(probe_summary(result))
+
+
+def check_verbose(verbose: Any) -> None:
+    """Refuse a ``verbose`` that is not 0, 1 or True/False, before any work is done."""
+    if verbose not in (0, 1) or not isinstance(verbose, int):
+        raise InvalidArgumentError(
+            f"verbose={verbose!r}; expected 0 (print nothing) or 1 (a line per trial and a "
+            "summary)."
+        )
 
 
 def probe_progress(verbose: int, *, console: Any = None) -> _Silent:

@@ -131,6 +131,9 @@ def probe(
     chosen_isolation = isolate is not None
     if isolate is None:
         isolate = model_is_file or _trained_here_on_host_ram(model, data, memory)
+    from autobatch import report  # here, as below: rich is imported only when probing
+
+    report.check_verbose(verbose)
     if margin is not None and not 0.0 <= margin < 1.0:
         raise InvalidArgumentError(
             f"margin={margin!r} is outside [0, 1). Expected the fraction of free memory to keep "

@@ -195,7 +195,7 @@ def tune(
         model, user_hypermodel, tuner=tuner, validation_split=validation_split,
         budget_samples=budget_samples, budget_seconds=budget_seconds, patience=patience,
         min_delta=min_delta, lr_scaling=lr_scaling, reference_batch_size=reference_batch_size,
-        max_trials=max_trials, callbacks=callbacks, probe=probe,
+        max_trials=max_trials, callbacks=callbacks, probe=probe, verbose=verbose,
     )
     seconds_budget = parse_duration(time_budget, "time_budget")
     train, validation = _training_and_validation(
@@ -256,13 +256,15 @@ def tune(
 def _check_arguments(
     model: Any, user_hypermodel: Any, *, tuner: Any, validation_split: Any,
     budget_samples: Any, budget_seconds: Any, patience: Any, min_delta: Any, lr_scaling: Any,
-    reference_batch_size: Any, max_trials: Any, callbacks: Any, probe: Any,
+    reference_batch_size: Any, max_trials: Any, callbacks: Any, probe: Any, verbose: Any,
 ) -> None:
     """Raise a typed error for any bad argument, before any work is done."""
+    from autobatch import report
     from autobatch.probing.probe import check_model
     from autobatch.search.hypermodel import LR_SCALINGS, learning_rate_of
     from autobatch.search.tuner import TUNERS
 
+    report.check_verbose(verbose)
     if user_hypermodel is None:
         check_model(model)
     _check_options(

@@ -200,11 +200,12 @@ def test_batch_one_not_fitting_says_how_much_it_needs(mlp, regression_data):
         ({"margin": 1.5}, autobatch.InvalidArgumentError, r"margin=1.5 is outside \[0, 1\)"),
         ({"steps_per_trial": 0}, autobatch.InvalidArgumentError, r"steps_per_trial=0"),
         ({"max_batch_size": 0}, autobatch.InvalidArgumentError, r"max_batch_size=0"),
+        ({"verbose": "yes"}, autobatch.InvalidArgumentError, r"verbose='yes'; expected 0 .* or 1"),
     ],
 )
 def test_bad_arguments(mlp, regression_data, kwargs, error, match):
     with pytest.raises(error, match=match):
-        autobatch.probe(mlp, regression_data, verbose=0, **kwargs)
+        autobatch.probe(mlp, regression_data, **{"verbose": 0, **kwargs})
 
 
 def test_memory_and_memory_limit_together_is_an_error(mlp, regression_data):

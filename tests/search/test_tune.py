@@ -270,6 +270,7 @@ def test_an_infinite_dataset_with_its_size_stated_is_searched(tmp_path, probed):
         ({"patience": 0}, InvalidArgumentError, r"patience=0; expected positive passes"),
         ({"budget_samples": 0}, InvalidArgumentError, r"budget_samples=0; expected a positive"),
         ({"probe": 128}, InvalidArgumentError, r"probe is an int. Expected the ProbeResult"),
+        ({"verbose": 2}, InvalidArgumentError, r"verbose=2; expected 0 \(print nothing\) or 1"),
     ],
 )
 def test_bad_options_are_rejected_before_any_training(tmp_path, arguments, error, match):
