@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command(
         "demo", "probe and tune a small built-in example (a CNN on synthetic images)",
-        "Build a small CNN and synthetic 32x32 images, probe it and tune it (1-3 minutes on "
+        "Build a small CNN and synthetic 32x32 images, probe it and tune it (about a minute on "
         "2 CPU cores), print the tables, and write the model, the data, JSON results and PNG "
         "plots into the output directory, ready for the other commands.",
     )
