@@ -1,7 +1,8 @@
 """The ``autobatch`` command line: probe, tune, report, devices, demo.
 
-Exit codes: 0 success, 2 bad usage (unknown option, a value out of range), 1 failure (a
-file that cannot be read, a model that does not train, ...). Errors are one line on
+Exit codes: 0 success, 2 bad usage (unknown option, a value out of range, an input path
+that does not exist), 1 failure (a file that cannot be read, a model that does not train,
+...). Errors are one line on
 stderr; ``--debug`` adds the traceback. Tables go to stdout, progress to stderr.
 
 Example:
@@ -487,6 +488,7 @@ def load_result_file(path: Path, option: str) -> Any:
 def _run_probe(args: argparse.Namespace) -> int:
     import autobatch
 
+    _check_inputs(args)
     _check_outputs(args)
     options: dict[str, Any] = {
         "memory_limit": args.memory_limit,
@@ -519,6 +521,7 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     if args.validation_data is not None and args.validation_split is not None:
         raise UsageError("--validation-data and --validation-split exclude each other; pass one.")
+    _check_inputs(args)
     _check_outputs(args)
     check_output_dir(args.directory, "--directory")
     probe = None
@@ -631,6 +634,7 @@ def _launch_workers(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    check_input_file(args.result, "RESULT", "a JSON file written by --json")
     check_plots(args.plots)
     result = load_result_file(args.result, "RESULT")
     report.show_result(result)
@@ -679,6 +683,24 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _check_outputs(args: argparse.Namespace) -> None:
     check_output_file(args.json, "--json")
     check_plots(args.plots)
+
+
+def check_input_file(path: Path | None, option: str, expected: str) -> None:
+    """Fail now with bad usage (exit 2), naming ``option``, if ``path`` is not a file: a
+    path that does not exist is a mistake in the command, not a failure of the work."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; expected {expected}.")
+    if not path.is_file():
+        raise UsageError(f"{option} {path}: no such file. Expected {expected}.")
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    check_input_file(args.model, "MODEL", "a .keras file")
+    check_input_file(args.data, "--data", "a .npz file")
+    check_input_file(getattr(args, "validation_data", None), "--validation-data", "a .npz file")
+    check_input_file(getattr(args, "probe", None), "--probe", "a JSON file written by --json")
 
 
 # The options that become `probe`/`tune` arguments, by the argument's Python name.

@@ -105,7 +105,7 @@ def test_a_bad_memory_limit_says_what_a_size_looks_like(capsys):
         ("uncompiled model", "saved without compile"),
     ],
 )
-def test_failures_exit_1_with_one_line_and_no_traceback(capsys, files, tmp_path, case, message):
+def test_failures_are_one_line_without_a_traceback(capsys, files, tmp_path, case, message):
     model, data = files / "model.keras", files / "data.npz"
     x = np.zeros((4, 8), "float32")
     if case == "missing model":
@@ -126,7 +126,8 @@ def test_failures_exit_1_with_one_line_and_no_traceback(capsys, files, tmp_path,
 
         model = tmp_path / "uncompiled.keras"
         keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)]).save(model)
-    assert run("probe", model, "--data", data) == 1
+    # A path that does not exist is a mistake in the command (2); a bad file, a failure (1).
+    assert run("probe", model, "--data", data) == (2 if case.startswith("missing") else 1)
     err = capsys.readouterr().err
     assert len(error_lines(err)) == 1, err
     assert err.startswith("autobatch: error: ")
@@ -144,7 +145,7 @@ def test_a_file_that_is_not_a_model_is_one_line_cut_between_words(capsys, files)
 
 
 def test_debug_adds_the_traceback(capsys, tmp_path):
-    assert run("probe", tmp_path / "nope.keras", "--data", tmp_path / "d.npz", "--debug") == 1
+    assert run("probe", tmp_path / "nope.keras", "--data", tmp_path / "d.npz", "--debug") == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and "no such file" in err
 
@@ -421,7 +422,8 @@ def _bad_file(kind, tmp_path, files):
 def test_a_bad_probe_file_is_one_line_naming_probe(capsys, files, tmp_path, monkeypatch, kind, message):
     monkeypatch.setattr(autobatch, "tune", _must_not_run)
     path = _bad_file(kind, tmp_path, files)
-    assert run("tune", files / "model.keras", "--data", files / "data.npz", "--probe", path) == 1
+    code = run("tune", files / "model.keras", "--data", files / "data.npz", "--probe", path)
+    assert code == (2 if kind in ("missing", "directory") else 1)
     assert message in _one_line_naming(capsys, f"--probe {path}")
 
 
@@ -429,14 +431,14 @@ def test_a_bad_probe_file_is_one_line_naming_probe(capsys, files, tmp_path, monk
                                            ("directory", "is a directory")])
 def test_a_bad_result_file_for_report_is_one_line(capsys, files, tmp_path, kind, message):
     path = _bad_file(kind, tmp_path, files)
-    assert run("report", path) == 1
+    assert run("report", path) == (2 if kind in ("missing", "directory") else 1)
     assert message in _one_line_naming(capsys, f"RESULT {path}")
 
 
 def test_a_directory_as_model_or_data_is_one_line(capsys, files, tmp_path):
-    assert run("probe", tmp_path, "--data", files / "data.npz") == 1
+    assert run("probe", tmp_path, "--data", files / "data.npz") == 2
     assert "is a directory" in _one_line_naming(capsys, f"MODEL {tmp_path}")
-    assert run("probe", files / "model.keras", "--data", tmp_path) == 1
+    assert run("probe", files / "model.keras", "--data", tmp_path) == 2
     assert "is a directory" in _one_line_naming(capsys, f"--data {tmp_path}")
 
 
