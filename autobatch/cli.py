@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "that small data can converge: pass a smaller N for a quicker search)")
     tune.add_argument("--max-trials", type=_positive_int, default=None, metavar="N",
                       help="at most this many candidates (default: depends on the tuner)")
+    tune.add_argument("--seed", type=int, default=0, metavar="N",
+                      help="seeds the search's choices and Keras' random numbers (shuffling, "
+                      "dropout), so that the same command gives the same result (default: 0)")
     tune.add_argument("--time-budget", type=_duration, default=None, metavar="TIME",
                       help="seconds or e.g. 10min, 2h for the whole search; when it runs out "
                       "the best candidate so far is returned (default: no limit)")
@@ -540,9 +543,14 @@ def _run_tune(args: argparse.Namespace) -> int:
     _start_framework(args.debug)
     if args.threads is not None:
         distributed.limit_threads(args.threads)  # TensorFlow's own setting, now it is loaded
+    import keras
+
+    # This process is ours (in Python, the caller's global seed is left alone): seeding it
+    # makes a command's search repeatable.
+    keras.utils.set_random_seed(args.seed)
     model = load_model(args.model)
     data = load_npz(args.data)
-    options: dict[str, Any] = {"verbose": 0 if args.quiet else 1}
+    options: dict[str, Any] = {"verbose": 0 if args.quiet else 1, "seed": args.seed}
     if args.validation_data is not None:
         options["validation_data"] = load_npz(args.validation_data, option="--validation-data")
     if probe is not None:
