@@ -44,8 +44,9 @@ HOST_STEP_DIVISOR = 4.0
 SHAPE_STEP_FACTOR = 2.0
 #: Host RAM: at most about this many batch sizes are scanned for one whose shapes fit a step.
 MAX_SHAPE_SCAN = 100_000
-#: Trials past the margin that peaked alike end the search within this many tolerances of
-#: the smallest of them (15% for workers): a CNN's 607 after 542 fitted. Further down,
+#: Trials past the margin that peaked alike end the search when the largest fit is within
+#: this many tolerances under the smallest batch that did not fit (15% for workers): a
+#: CNN's 607 after 542 fitted. Further down,
 #: the bracket is split: another CNN run's 620 and 558 after 429 would have stopped at 0.63
 #: of the batch real training fits.
 FLAT_BRACKET = 3.0
@@ -257,7 +258,7 @@ class ProbeStrategy:
         # a CNN's workers at 675 and 607 samples both peaked 1 MiB past the margin, then 574
         # and 558 past it too (542 fitted, 80 MiB lower). Within a narrow bracket, more
         # trials are coin tosses for a few percent; a wide one is split in half.
-        flat = self._flat_past_margin(history, largest_fit, model)
+        flat = self._flat_past_margin(history, largest_fit)
         if flat and largest_fit >= smallest_fail * (1 - FLAT_BRACKET * self.tolerance):
             return None, "trials past the margin at different batch sizes peaked alike"
         num_measured = len({o.batch_size for o in history if o.peak_bytes is not None})
@@ -281,7 +282,8 @@ class ProbeStrategy:
                 edge = max(edge, largest_fit + 1)
             elif math.floor(edge) <= largest_fit:
                 return None, "a larger batch could cross the limit"
-        elif math.floor(edge) <= largest_fit or edge - largest_fit < close_enough:
+        elif not flat and (math.floor(edge) <= largest_fit or edge - largest_fit < close_enough):
+            # (After a flat pair the line says nothing: it may run through that very pair.)
             return None, "reached the predicted memory limit"
 
         if edge >= smallest_fail or flat:
@@ -321,19 +323,19 @@ class ProbeStrategy:
         batch_size = int(min(max(math.floor(target), largest_fit + 1), cap))
         return Proposal(batch_size, True), ""
 
-    def _flat_past_margin(
-        self, history: list[Observation], largest_fit: int, model: MemoryModel
-    ) -> bool:
+    def _flat_past_margin(self, history: list[Observation], largest_fit: int) -> bool:
         """Whether, of two measured trials past the margin above the largest fit, the smaller
-        saved less than half of what the line predicts for the samples it dropped."""
+        saved less than half of what the chord from the largest fit to it predicts for the
+        samples it dropped. Not the fitted line: on a catchable device that runs through the
+        two largest batches, the very pair in question, and a flat pair flattens it too."""
         measured = _largest_peaks(history)
         past = sorted(b for b, peak in measured.items()
                       if b > largest_fit and peak > self.usable_bytes)
-        return any(
-            measured[larger] - measured[smaller]
-            < 0.5 * model.bytes_per_sample * (larger - smaller)
-            for smaller, larger in itertools.pairwise(past)
-        )
+        for smaller, larger in itertools.pairwise(past):
+            chord = (measured[smaller] - measured[largest_fit]) / (smaller - largest_fit)
+            if measured[larger] - measured[smaller] < 0.5 * chord * (larger - smaller):
+                return True
+        return False
 
     def _host_step(self, history: list[Observation], model: MemoryModel) -> float | None:
         """The largest next batch that cannot cross the host limit, even if mispredicted;

@@ -391,6 +391,11 @@ def test_trials_past_the_margin_that_peak_alike_far_above_the_largest_fit_split_
                                min_margin_bytes=32 * MIB)
     history = history_of([(1, 345), (11, 355), (429, 658), (620, 805), (558, 817)])
     assert strategy.propose(history).batch_size == (429 + 558) // 2
+    # The same when 558 peaked a little lower than 620 (a catchable device's line through
+    # the two largest batches is then nearly flat and put the edge under 429).
+    for peak_558 in (806, 805, 804, 800):
+        history = history_of([(1, 345), (11, 355), (429, 658), (620, 805), (558, peak_558)])
+        assert strategy.propose(history).batch_size == (429 + 558) // 2, peak_558
     # Once the bracket is narrow, the search ends at the largest fit.
     assert strategy.propose([*history, *history_of([(493, 700)])]) is None
     assert "peaked alike" in strategy.stop_reason
