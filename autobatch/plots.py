@@ -281,7 +281,7 @@ def _tune_val_loss(figure_class: Any, result: TuneResult) -> Any:
         for (batch, row), trial in scored.items():
             best = (batch, row) == best_cell
             axes.annotate(
-                f"{trial.val_loss:.3g}\n{trial.steps_per_epoch} steps",
+                f"{trial.val_loss:.3g}\n{trial.steps_text()} steps",
                 (columns.index(batch), rows.index(row)), ha="center", va="center",
                 fontsize=7, color="black", zorder=3, fontweight="bold" if best else "normal",
                 bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.75,
@@ -303,8 +303,8 @@ def _tune_val_loss(figure_class: Any, result: TuneResult) -> Any:
     axes.set_ylabel(row_label)
     budget = "" if result.budget_samples is None else f", up to {result.budget_samples:,} samples each"
     best_label = (
-        f"best: batch {result.batch_size} x {result.steps_per_epoch} steps (red box)"
-        if scored else "no candidate finished"
+        f"best: batch {result.batch_size} x {result.ranked_trials()[0].steps_text()} steps "
+        "(red box)" if scored else "no candidate finished"
     )
     axes.set_title(
         f"Validation loss per candidate ({result.tuner}{budget})\n{best_label}", fontsize=10
@@ -376,3 +376,4 @@ def _tune_goodput(figure_class: Any, result: TuneResult) -> Any:
         left.axvline(result.batch_size, color="C3", linestyle="--", label="tune's choice")
         left.legend(fontsize=8)
     return figure
+

@@ -380,7 +380,7 @@ def tune_table(result: Any) -> Any:
         status = _escape(trial.status if trial.error is None else f"{trial.status}: {trial.error}")
         table.add_row(
             f"{trial.batch_size:,}",
-            f"{trial.steps_per_epoch:,}",
+            trial.steps_text(),
             *[str(trial.hyperparameters.get(name, "-")) for name in extra],
             f"{trial.val_loss:.4f}" if scored else "-",
             "-" if trial.best_epoch is None else str(trial.best_epoch),
@@ -414,11 +414,14 @@ def tune_summary(result: Any) -> str:
     )
     if getattr(result, "out_of_time", False):
         text += " The time budget ran out first: this is the best candidate so far."
-    if len(ranked) >= 2:
-        runner_up = ranked[1]
+    # A runner-up that trains the same run as the winner (a one-epoch candidate validated
+    # part-way through, at the winner's steps) is not another choice.
+    others = [t for t in ranked[1:] if t.fit_kwargs() != ranked[0].fit_kwargs()] if ranked else []
+    if others:
+        runner_up = others[0]
         gap = _relative_gap(runner_up.val_loss, result.val_loss)
         text += (
-            f" Runner-up: batch {runner_up.batch_size} x {runner_up.steps_per_epoch} steps "
+            f" Runner-up: batch {runner_up.batch_size} x {runner_up.steps_text()} steps "
             f"(val_loss {runner_up.val_loss:.4f}{gap})."
         )
     if getattr(result, "lr_scaling", None) and getattr(result, "learning_rate", None):

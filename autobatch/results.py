@@ -312,6 +312,15 @@ class TuneTrial:
         return {"batch_size": self.batch_size, "steps_per_epoch": steps, "epochs": epochs}
 
 
+    def steps_text(self) -> str:
+        """steps_per_epoch for tables and plots: "8", or "4 of 8" where its one epoch was
+        validated part-way through (its budget was smaller), as its `fit_kwargs` trains."""
+        scored = self.fit_kwargs()["steps_per_epoch"]
+        if scored == self.steps_per_epoch:
+            return f"{self.steps_per_epoch:,}"
+        return f"{scored:,} of {self.steps_per_epoch:,}"
+
+
 #: Hyperparameters every candidate has; the others (a HyperModel's own) tell candidates apart.
 _BATCH_SETTINGS = frozenset({"batch_size", "steps_per_epoch", "epoch_fraction"})
 

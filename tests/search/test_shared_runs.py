@@ -9,6 +9,7 @@ import keras
 import pytest
 
 import autobatch
+from autobatch import report
 from autobatch.search.candidate import _Follower, shared_run_plan
 from autobatch.search.space import Candidate
 from tests.search.test_tune import (
@@ -155,12 +156,15 @@ def test_fit_kwargs_train_the_run_a_budget_capped_winner_scored(tmp_path, probed
         tmp_path, probe=probed, tuner="grid", batch_sizes=[16],
         steps_per_epoch=[0.25, 0.5, 1.0], budget_samples=64))
     assert result.fit_kwargs() == {"batch_size": 16, "steps_per_epoch": 4, "epochs": 1}
-    # The candidates are still the three proposed; each trial's own fit_kwargs() trains the
-    # 64 samples it scored.
-    assert sorted(t.steps_per_epoch for t in result.trials) == [2, 4, 8]
-    for trial in result.trials:
-        kwargs = trial.fit_kwargs()
-        assert kwargs["batch_size"] * kwargs["steps_per_epoch"] * kwargs["epochs"] == 64
+    # The candidates are still the three proposed; the capped one's own fit_kwargs() trains
+    # the 4 steps it scored, and the table, the summary and the plot say so.
+    by_steps = {t.steps_per_epoch: t for t in result.trials}
+    assert sorted(by_steps) == [2, 4, 8]
+    assert by_steps[8].fit_kwargs() == {"batch_size": 16, "steps_per_epoch": 4, "epochs": 1}
+    assert by_steps[8].steps_text() == "4 of 8" and by_steps[4].steps_text() == "4"
+    summary = report.tune_summary(result)
+    assert "steps_per_epoch=4, epochs=1" in summary
+    assert "Runner-up: batch 16 x 4 steps" not in summary  # the winner's own run again
     model.set_weights(initial)
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse", metrics=["mae"])
     keras.utils.set_random_seed(0)
