@@ -40,6 +40,7 @@ from autobatch.errors import (
     InvalidModelError,
     InvalidResultError,
     MissingDependencyError,
+    describe_backend_error,
 )
 from autobatch.files import NPZ_HELP, load_model, load_npz
 from autobatch.memory.host import HostMemory
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "that small data can converge: pass a smaller N for a quicker search)")
     tune.add_argument("--max-trials", type=_positive_int, default=None, metavar="N",
                       help="at most this many candidates (default: depends on the tuner)")
-    tune.add_argument("--seed", type=int, default=0, metavar="N",
+    tune.add_argument("--seed", type=_seed, default=0, metavar="N",
                       help="seeds the search's choices and Keras' random numbers (shuffling, "
                       "dropout), so that the same command gives the same result (default: 0)")
     tune.add_argument("--time-budget", type=_duration, default=None, metavar="TIME",
@@ -280,6 +281,17 @@ def _distribution(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="TensorFlow and OpenMP threads of this process (with --workers: "
                        "of each worker; default: the CPU count divided by N)")
+
+
+def _seed(text: str) -> int:
+    """A seed Keras (NumPy) accepts: 0 to 2**32 - 1."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: expected an integer from 0 to {2**32 - 1}")
+    return seed
 
 
 def _chief_address(text: str) -> tuple[str, int]:
@@ -480,6 +492,11 @@ def load_result_file(path: Path, option: str) -> Any:
         return load_result(path)
     except InvalidResultError as error:
         raise InvalidDataError(f"{option} {path}: {error}") from error
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # what no check foresaw
+        raise InvalidDataError(
+            f"{option} {path} is not a result saved by autobatch ({describe_backend_error(error)})."
+            " Expected the file written by autobatch's --json option (or result.to_json(path))."
+        ) from error
 
 
 # --- loading the model and the data ----------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from autobatch.errors import InvalidResultError
+from autobatch.errors import InvalidResultError, kind_of
 
 SCHEMA_VERSION = 1
 
@@ -43,12 +43,28 @@ def _from_known_fields(cls: type[_T], data: Any) -> _T:
     return cls(**{key: value for key, value in data.items() if key in names})
 
 
+def _records(data: dict[str, Any], key: str) -> list[Any]:
+    """``data[key]``, a list of records (missing: none)."""
+    records = data.get(key, [])
+    if not isinstance(records, list):
+        raise InvalidResultError(
+            f"Its {key} is {kind_of(records)}, not a list. Expected what to_json() or "
+            "autobatch's --json option writes."
+        )
+    return records
+
+
 def _check_kind(data: Any, kind: str) -> dict[str, Any]:
     """``data``, if it is a dict and not the other kind of result."""
     if not isinstance(data, dict):
         raise InvalidResultError(
             f"A saved {kind} result is a JSON object; got {type(data).__name__}. Expected what "
             "to_json() writes."
+        )
+    if data.get("kind") not in (None, "probe", "tune"):
+        raise InvalidResultError(
+            f"Its kind is {data['kind']!r}, not 'probe' or 'tune'. Expected what to_json() or "
+            "autobatch's --json option writes."
         )
     if data.get("kind") not in (None, kind):
         other = "TuneResult" if data["kind"] == "tune" else "ProbeResult"
@@ -235,9 +251,9 @@ class ProbeResult(_JsonMixin):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
         data = dict(_check_kind(data, "probe"))
-        data["trials"] = [_from_known_fields(ProbeTrial, t) for t in data.get("trials", [])]
+        data["trials"] = [_from_known_fields(ProbeTrial, t) for t in _records(data, "trials")]
         data["verifications"] = [
-            _from_known_fields(ProbeVerification, v) for v in data.get("verifications", [])
+            _from_known_fields(ProbeVerification, v) for v in _records(data, "verifications")
         ]
         return _from_known_fields(cls, data)
 
@@ -490,7 +506,7 @@ class TuneResult(_JsonMixin):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TuneResult:
         data = dict(_check_kind(data, "tune"))
-        data["trials"] = [_from_known_fields(TuneTrial, t) for t in data.get("trials", [])]
+        data["trials"] = [_from_known_fields(TuneTrial, t) for t in _records(data, "trials")]
         if data.get("probe") is not None:
             data["probe"] = ProbeResult.from_dict(data["probe"])
         return _from_known_fields(cls, data)

@@ -89,6 +89,12 @@ def test_bad_usage_exits_2_with_a_message(capsys, argv):
     assert "error" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "x"])
+def test_a_seed_keras_would_refuse_is_bad_usage_before_any_work(capsys, files, seed):
+    assert run("tune", files / "model.keras", "--data", files / "data.npz", "--seed", seed) == 2
+    assert "is not a seed: expected an integer from 0 to 4294967295" in capsys.readouterr().err
+
+
 def test_a_bad_memory_limit_says_what_a_size_looks_like(capsys):
     assert run("probe", "m.keras", "--data", "d.npz", "--memory-limit", "6 gigs") == 2
     assert "'6GiB'" in capsys.readouterr().err

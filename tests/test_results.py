@@ -55,6 +55,9 @@ def test_tune_result_fit_kwargs_and_round_trip(tmp_path):
         (load_result, '{"kind": "tune", "trials": [{"batch_size": 16}]}',
          "Not a saved TuneTrial: it has no steps_per_epoch"),
         (load_result, "[]", "A saved probe result is a JSON object"),
+        (load_result, '{"trials": null}', "Its trials is a NoneType, not a list"),
+        (load_result, '{"kind": "tune", "trials": 3}', "Its trials is an int, not a list"),
+        (load_result, '{"kind": "banana"}', "Its kind is 'banana', not 'probe' or 'tune'"),
     ],
 )
 def test_a_file_that_is_not_a_result_is_one_typed_error_saying_why(tmp_path, load, content,
