@@ -235,8 +235,12 @@ def _verification_summary(result: ProbeResult) -> str:
             f" Verified with {last.epochs} real epochs ({last.train_steps} steps, validation at "
             f"the same batch): peak {format_bytes(last.peak_bytes)}."
         )
-    if result.max_batch_size < last.batch_size:  # `_answer_headroom` said where it came from
-        return " NOT verified itself; pass a larger margin= for an answer that is."
+    if result.max_batch_size < last.batch_size:
+        lowest = min((v for v in result.verifications if not v.fits), key=lambda v: v.batch_size)
+        return (
+            f" NOT verified itself: real epochs at {lowest.batch_size} went "
+            f"{lowest.error or 'past the margin'}; pass a larger margin= for an answer that is."
+        )
     return (
         f" NOT verified: real epochs at {last.batch_size} went {last.error}; pass a larger "
         "margin=."
@@ -256,8 +260,8 @@ def _answer_headroom(result: ProbeResult) -> str:
         # Backed off from a verification, not interpolated between trials.
         lowest = min(failed, key=lambda v: v.batch_size)
         return (
-            f" It is backed off from batch {lowest.batch_size}, whose real epochs went "
-            f"{lowest.error or 'past the margin'}, by that excess at the measured cost per sample."
+            f" It is backed off from batch {lowest.batch_size} by half as much again as its "
+            "excess at the measured cost per sample (at least 5% down)."
         )
     below = max((t for t in result.trials if t.fits and t.batch_size < result.max_batch_size),
                 key=lambda t: t.batch_size, default=None)

@@ -115,15 +115,26 @@ def test_tune_summary_does_not_call_all_the_samples_the_largest_batch_that_fits(
 
 def test_an_answer_backed_off_from_a_failed_verification_is_not_called_interpolated():
     # As in a new user's demo: the line's answer failed its verification, and the answer was
-    # backed off from it without a verification of its own (in-process on host RAM).
+    # backed off from it (at least 10% in-process) without a verification of its own.
     from autobatch.results import ProbeVerification
 
-    text = report.probe_summary(probe_result(max_batch_size=310, verifications=[
+    text = report.probe_summary(probe_result(max_batch_size=290, verifications=[
         ProbeVerification(330, int(7.9 * GIB), False, 2, 8, error="above the safety margin")]))
-    assert ("It is backed off from batch 330, whose real epochs went above the safety margin, "
-            "by that excess at the measured cost per sample.") in text
+    assert ("It is backed off from batch 330 by half as much again as its excess at the "
+            "measured cost per sample (at least 5% down).") in text
     assert "interpolated" not in text
-    assert "NOT verified itself; pass a larger margin=" in text
+    assert ("NOT verified itself: real epochs at 330 went above the safety margin; pass a "
+            "larger margin=") in text
+
+
+def test_a_measured_answer_under_failed_verifications_names_the_batch_that_failed():
+    # Workers: every verification failed, the answer is the largest batch a trial measured.
+    from autobatch.results import ProbeVerification
+
+    text = report.probe_summary(probe_result(max_batch_size=8, verifications=[
+        ProbeVerification(300, int(7.9 * GIB), False, 2, 8, error="above the safety margin")]))
+    assert "It peaked at 1.16 GiB" in text
+    assert "NOT verified itself: real epochs at 300 went above the safety margin" in text
 
 
 def test_probe_summary_says_when_the_result_came_from_the_cache():
