@@ -107,8 +107,12 @@ def describe_backend_error(
     ]
     # Without its full stop, so that callers can go on with ". What to do ...".
     line = _NODE_REFERENCE.sub("", meaningful[0]).strip().removesuffix(".") if meaningful else ""
-    if len(line) > limit:  # cut between words: a word cut short reads as a typo
-        line = line[: limit - 3].rsplit(" ", 1)[0].rstrip() + "..."
+    if len(line) > limit:
+        # Cut between words (a word cut short reads as a typo), unless that drops more than
+        # a quarter of what fits (one long path or token).
+        cut = line[: limit - 3]
+        between = cut.rsplit(" ", 1)[0].rstrip()
+        line = (between if len(between) >= 0.75 * len(cut) else cut) + "..."
     if not with_type:
         return line
     name = type(error).__name__

@@ -143,7 +143,7 @@ def test_failures_are_one_line_without_a_traceback(capsys, files, tmp_path, case
     assert err.count(str(model if "model" in case else data)) == 1, err
 
 
-def test_a_file_that_is_not_a_model_is_one_line_cut_between_words(capsys, files):
+def test_a_file_that_is_not_a_model_is_one_line_naming_it_once(capsys, files):
     assert run("probe", files / "data.npz", "--data", files / "data.npz", "--in-process") == 1
     err = capsys.readouterr().err
     assert len(error_lines(err)) == 1 and "cannot load a Keras model from it" in err, err

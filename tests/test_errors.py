@@ -116,3 +116,12 @@ def test_kind_of_names_a_type_with_its_article():
 
     assert [kind_of(v) for v in (5, [1], np.zeros(1), "x", {})] == [
         "an int", "a list", "an ndarray", "a str", "a dict"]
+
+
+def test_a_long_backend_message_is_cut_between_words_unless_a_token_is_too_long():
+    words = " ".join(["inference"] * 60)  # 599 characters of words
+    described = describe_backend_error(ValueError(words), with_type=False, limit=100)
+    assert described.endswith("inference...") and len(described) <= 100
+    path = "Unable to open: /" + "x" * 400
+    described = describe_backend_error(ValueError(path), with_type=False, limit=100)
+    assert described.startswith("Unable to open: /xxx") and len(described) == 100
