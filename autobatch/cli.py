@@ -433,6 +433,12 @@ def check_output_file(value: str | Path | None, option: str) -> None:
         raise UsageError(f"{option} {value}: the directory {parent} does not exist; create it first.")
     if reason := _cannot_write_in(parent):
         raise UsageError(f"{option} {value}: cannot write in {parent} ({reason}).")
+    if path.exists():
+        try:  # opened to append, nothing written: an existing file that may not be replaced
+            with path.open("ab"):
+                pass
+        except OSError as error:
+            raise UsageError(f"{option} {value}: cannot write it ({error.strerror or error}).") from error
 
 
 def check_output_dir(value: Path | None, option: str) -> None:
@@ -717,8 +723,10 @@ def check_input_file(path: Path | None, option: str, expected: str) -> None:
         return
     if path.is_dir():
         raise UsageError(f"{option} {path} is a directory; expected {expected}.")
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{option} {path}: no such file. Expected {expected}.")
+    if not path.is_file():
+        raise UsageError(f"{option} {path} is not a regular file; expected {expected}.")
 
 
 def _check_inputs(args: argparse.Namespace) -> None:

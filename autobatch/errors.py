@@ -61,7 +61,9 @@ class MissingDependencyError(AutobatchError, ImportError):
 def kind_of(value: object) -> str:
     """``value``'s type with its article, for messages: "an int", "a list", "an ndarray"."""
     name = type(value).__name__
-    vowel_sound = name[:1].lower() in "aeiou" or name.startswith("nd")  # "en-dee-array"
+    # By sound: "an ndarray" (en-dee-array), "a uint8" (you-int).
+    vowel_sound = (name[:1].lower() in "aeiou" and not name.startswith(("uint", "uni", "use"))
+                   or name.startswith("nd"))
     return f"{'an' if vowel_sound else 'a'} {name}"
 
 

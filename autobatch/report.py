@@ -7,6 +7,7 @@ is silent with ``verbose=0``; rich renders it in terminals and notebooks alike.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 import traceback
@@ -181,12 +182,13 @@ class _ProbeProgress(_Progress):
 
 
 def check_verbose(verbose: Any) -> None:
-    """Refuse a ``verbose`` that is not 0, 1 or True/False, before any work is done."""
-    if verbose not in (0, 1) or not isinstance(verbose, int):
-        raise InvalidArgumentError(
-            f"verbose={verbose!r}; expected 0 (print nothing) or 1 (a line per trial and a "
-            "summary)."
-        )
+    """Refuse a ``verbose`` other than 0 or 1 (True/False and NumPy integers are fine),
+    before any work is done."""
+    if isinstance(verbose, numbers.Integral) and int(verbose) in (0, 1):
+        return
+    raise InvalidArgumentError(
+        f"verbose={verbose!r}; expected 0 (print nothing) or 1 (a line per trial and a summary)."
+    )
 
 
 def probe_progress(verbose: int, *, console: Any = None) -> _Silent:

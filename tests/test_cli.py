@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -499,6 +500,31 @@ def test_an_unwritable_output_fails_before_any_work(capsys, files, tmp_path, mon
     path = tmp_path / target
     assert run(command, files / "model.keras", "--data", files / "data.npz", option, path) == 2
     assert message in _one_line_naming(capsys, f"{option} {path}")
+
+
+def test_an_existing_output_that_cannot_be_replaced_fails_before_any_work(capsys, files, tmp_path,
+                                                                         monkeypatch):
+    # (Root may write to a read-only file, so the refusal is simulated where it opens.)
+    monkeypatch.setattr(autobatch, "probe", _must_not_run)
+    target = tmp_path / "locked.json"
+    target.write_text("{}")
+    real_open = Path.open
+
+    def locked_open(self, *args, **kwargs):
+        if self == target:
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", locked_open)
+    assert run("probe", files / "model.keras", "--data", files / "data.npz", "--json", target) == 2
+    assert "cannot write it (Permission denied)" in _one_line_naming(capsys, f"--json {target}")
+
+
+def test_an_input_that_is_not_a_regular_file_is_bad_usage(capsys, files, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert run("report", fifo) == 2
+    assert "is not a regular file" in _one_line_naming(capsys, f"RESULT {fifo}")
 
 
 def test_unwritable_outputs_of_devices_and_demo_are_one_line(capsys, tmp_path):

@@ -114,8 +114,8 @@ def test_kind_of_names_a_type_with_its_article():
 
     from autobatch.errors import kind_of
 
-    assert [kind_of(v) for v in (5, [1], np.zeros(1), "x", {})] == [
-        "an int", "a list", "an ndarray", "a str", "a dict"]
+    assert [kind_of(v) for v in (5, [1], np.zeros(1), "x", {}, np.uint8(1))] == [
+        "an int", "a list", "an ndarray", "a str", "a dict", "a uint8"]
 
 
 def test_a_long_backend_message_is_cut_between_words_unless_a_token_is_too_long():

@@ -347,3 +347,15 @@ def test_an_error_text_with_brackets_is_shown_as_is_not_as_markup(capsys):
     assert error in capsys.readouterr().err
     assert error in rendered(report.tune_table(tune_result(trials=[
         tune_trial(16, 80, None, status="failed", error=error)])))
+
+
+def test_verbose_is_0_or_1_in_any_integer_type():
+    import numpy as np
+
+    from autobatch.errors import InvalidArgumentError
+
+    for fine in (0, 1, True, False, np.int64(1)):
+        report.check_verbose(fine)
+    for bad in ("yes", 2, -1, 0.5, None):
+        with pytest.raises(InvalidArgumentError, match="expected 0 .* or 1"):
+            report.check_verbose(bad)
