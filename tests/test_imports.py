@@ -128,7 +128,8 @@ def test_the_cycle_finder_finds_a_circle():
 def test_the_bottom_layers_import_nothing_above_them():
     graph = import_graph()
     assert graph["autobatch.errors"] == set()
-    assert graph["autobatch.results"] <= {"autobatch.plots"}, graph["autobatch.results"]
+    # results sits just above errors, the very bottom (plots only inside plot()).
+    assert graph["autobatch.results"] <= {"autobatch.errors", "autobatch.plots"}, graph["autobatch.results"]
     for name, imported in graph.items():
         if name.startswith("autobatch.memory"):
             above = {m for m in imported if m.startswith(("autobatch.probing", "autobatch.search"))}
