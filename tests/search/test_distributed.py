@@ -61,6 +61,8 @@ def test_the_command_line_refuses_roles_that_cannot_work(options, message, tmp_p
     for name in (distributed.ORACLE_IP, distributed.ORACLE_PORT, distributed.TUNER_ID):
         monkeypatch.setenv(name, "")  # recorded, so the variables --worker sets are undone
         monkeypatch.delenv(name)
+    for name in ("m.keras", "d.npz"):  # present (inputs are checked first), never read
+        (tmp_path / name).touch()
     assert cli.main(["tune", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"),
                      *options]) == cli.EXIT_USAGE
     assert message in capsys.readouterr().err
