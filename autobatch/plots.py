@@ -376,4 +376,3 @@ def _tune_goodput(figure_class: Any, result: TuneResult) -> Any:
         left.axvline(result.batch_size, color="C3", linestyle="--", label="tune's choice")
         left.legend(fontsize=8)
     return figure
-
