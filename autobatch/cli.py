@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 2 bad usage (unknown option, a value out of range, an input path
 that does not exist), 1 failure (a file that cannot be read, a model that does not train,
-...). Errors are one line on stderr; ``--debug`` adds the traceback. Tables go to stdout, progress to stderr.
+...). Errors are one line on stderr; ``--debug`` adds the traceback. Tables go to stdout,
+progress to stderr.
 
 Example:
     $ autobatch probe model.keras --data train.npz --memory-limit 6GiB --json probe.json
