@@ -46,9 +46,8 @@ SHAPE_STEP_FACTOR = 2.0
 MAX_SHAPE_SCAN = 100_000
 #: Trials past the margin that peaked alike end the search when the largest fit is within
 #: this many tolerances under the smallest batch that did not fit (15% for workers): a
-#: CNN's 607 after 542 fitted. Further down,
-#: the bracket is split: another CNN run's 620 and 558 after 429 would have stopped at 0.63
-#: of the batch real training fits.
+#: CNN's 607 after 542 fitted. Further down, the bracket is halved: another CNN run's 620
+#: and 558 after 429 would have stopped at 0.63 of the batch real training fits.
 FLAT_BRACKET = 3.0
 #: Host RAM: steps that rose by less than this share of the free memory do not count towards
 #: `ProbeStrategy.surprise` as predictions (their slope is scatter).
