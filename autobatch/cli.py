@@ -490,10 +490,7 @@ def load_result_file(path: Path, option: str) -> Any:
     """A probe or tune result saved with --json, with errors that name ``option``."""
     from autobatch.results import load_result
 
-    if path.is_dir():
-        raise InvalidDataError(f"{option} {path} is a directory; expected a JSON file written by --json.")
-    if not path.is_file():
-        raise InvalidDataError(f"{option} {path}: no such file.")
+    check_input_file(path, option, "a JSON file written by --json")
     try:
         return load_result(path)
     except InvalidResultError as error:
@@ -665,7 +662,6 @@ def _launch_workers(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    check_input_file(args.result, "RESULT", "a JSON file written by --json")
     check_plots(args.plots)
     result = load_result_file(args.result, "RESULT")
     report.show_result(result)
@@ -733,7 +729,6 @@ def _check_inputs(args: argparse.Namespace) -> None:
     check_input_file(args.model, "MODEL", "a .keras file")
     check_input_file(args.data, "--data", "a .npz file")
     check_input_file(getattr(args, "validation_data", None), "--validation-data", "a .npz file")
-    check_input_file(getattr(args, "probe", None), "--probe", "a JSON file written by --json")
 
 
 # The options that become `probe`/`tune` arguments, by the argument's Python name.

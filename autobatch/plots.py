@@ -268,6 +268,7 @@ def _tune_val_loss(figure_class: Any, result: TuneResult) -> Any:
     columns = sorted({batch for batch, _ in cells})
     rows = sorted({row for _, row in cells})
     scored = {cell: t for cell, t in cells.items() if _has_loss(t)}
+    best_label = "no candidate finished"
     if scored:
         losses = [t.val_loss for t in scored.values() if t.val_loss is not None]  # all of them
         points = axes.scatter(
@@ -278,6 +279,7 @@ def _tune_val_loss(figure_class: Any, result: TuneResult) -> Any:
         figure.colorbar(points, ax=axes, label="best validation loss (lower is better)")
         winner = result.ranked_trials()[0]  # the result's own winner, ties settled alike
         best_cell = (winner.batch_size, row_of(winner))
+        best_label = f"best: batch {winner.batch_size} x {winner.steps_text()} steps (red box)"
         for (batch, row), trial in scored.items():
             best = (batch, row) == best_cell
             axes.annotate(
@@ -302,10 +304,6 @@ def _tune_val_loss(figure_class: Any, result: TuneResult) -> Any:
     axes.set_xlabel("batch size")
     axes.set_ylabel(row_label)
     budget = "" if result.budget_samples is None else f", up to {result.budget_samples:,} samples each"
-    best_label = (
-        f"best: batch {result.batch_size} x {result.ranked_trials()[0].steps_text()} steps "
-        "(red box)" if scored else "no candidate finished"
-    )
     axes.set_title(
         f"Validation loss per candidate ({result.tuner}{budget})\n{best_label}", fontsize=10
     )

@@ -375,9 +375,14 @@ def _is_scored(trial: TuneTrial) -> bool:
 
 
 def _candidate_key(trial: TuneTrial) -> tuple:
+    return (trial.batch_size, trial.steps_per_epoch, _own_hyperparameters(trial))
+
+
+def _own_hyperparameters(trial: TuneTrial) -> tuple:
+    """A HyperModel's own hyperparameters of ``trial``, as sorted (name, repr) pairs."""
     own = {k: v for k, v in trial.hyperparameters.items()
            if k not in _BATCH_SETTINGS and not k.startswith("tuner/")}
-    return (trial.batch_size, trial.steps_per_epoch, tuple(sorted((k, repr(v)) for k, v in own.items())))
+    return tuple(sorted((k, repr(v)) for k, v in own.items()))
 
 
 def _rank_key(trial: TuneTrial) -> tuple:

@@ -44,7 +44,6 @@ Run:
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import tempfile
@@ -55,6 +54,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from autobatch.results import _own_hyperparameters
 from benchmarks import _common
 
 EPOCH_FRACTIONS = (0.25, 0.5, 1.0)  # autobatch.tune's default steps_per_epoch fractions
@@ -194,11 +194,9 @@ def trained_samples(trials: list[Any]) -> int:
     one batch size share one run (each counts the run up to its own stop) and a later round
     continues it (counting the earlier rounds again), so a batch size's runs trained what
     the largest of its counts says. A run is a batch size and a HyperModel's own values."""
-    largest: dict[str, int] = {}
+    largest: dict[tuple, int] = {}
     for trial in trials:
-        own = {k: v for k, v in trial.hyperparameters.items()
-               if k not in ("steps_per_epoch", "epoch_fraction") and not k.startswith("tuner/")}
-        run = json.dumps([trial.batch_size, own], sort_keys=True, default=repr)
+        run = (trial.batch_size, _own_hyperparameters(trial))
         largest[run] = max(largest.get(run, 0), trial.samples_seen)
     return sum(largest.values())
 
