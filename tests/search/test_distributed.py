@@ -222,7 +222,9 @@ def test_two_workers_do_not_train_the_same_shared_run(tmp_path, chief_variables,
 # --- real processes: a chief (`autobatch tune --chief`) and workers (`autobatch.tune`) -------
 
 WORKER = """
-import json, os, sys, time
+import json, os, signal, sys, time
+# As under `nohup ... &`: SIGINT ignored, so stopping a worker cannot rely on it.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 import keras, numpy as np
 import autobatch
 
@@ -282,11 +284,12 @@ def start_chief(files: Path, port: int, timeout: float) -> subprocess.Popen:
 def start_worker(files: Path, port: int, tuner_id: str, *, mode: str = "run",
                  timeout: float = 4.0) -> subprocess.Popen:
     env = environment(**distributed.role_environment(tuner_id, port, threads=1, timeout=timeout))
+    # No preexec_fn: it makes Popen fork() rather than vfork(), and a fork of this process,
+    # whose earlier tests left gRPC running, can abort in the child before exec (grpcio >=
+    # 1.80, grpc/grpc#43055: "epoll_wait error: Bad file descriptor", exit -6).
     return subprocess.Popen(
         [sys.executable, str(files / "worker.py"), str(files), mode],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        # As under `nohup ... &`: SIGINT ignored, so stopping a worker cannot rely on it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
 
 
