@@ -22,6 +22,12 @@ its slowest run bounds it).
 The default search is short (9.5-18.5 s with one worker), so starting the processes
 weighs on it; ``--budget-samples`` trains every candidate longer (tune's default budget on
 digits is 100,000 samples).
+
+``--pin`` adds, for each tuner, the same pair with every worker confined to one CPU of its
+own (``worker-i`` to the i-th CPU this process may use; the chief is not pinned). A thread
+limit does not confine a TensorFlow process to one core: its compute thread, tf.data's
+threads and gRPC's run beside the Python thread, and a lone worker uses the second core for
+them. The pinned pair compares one core against two, the unpinned pair what a user gets.
 """
 
 from __future__ import annotations
@@ -66,19 +72,35 @@ def prepare(directory: Path, quick: bool, budget_samples: int | None = None) -> 
             "epoch_fractions": fractions, "budget_samples": budget}
 
 
-def run(directory: Path, setup: dict[str, Any], num_workers: int, tuner: str) -> dict[str, Any]:
+#: Run as ``python -c PIN_TO_OWN_CPU ARGS``: ``python ARGS`` confined to the CPU its worker
+#: number names (the chief is left free). The affinity is set before exec, so every thread
+#: the process starts inherits it.
+PIN_TO_OWN_CPU = (
+    "import os, sys\n"
+    "role = os.environ['KERASTUNER_TUNER_ID']\n"
+    "if role != 'chief':\n"
+    "    cpus = sorted(os.sched_getaffinity(0))\n"
+    "    os.sched_setaffinity(0, {cpus[int(role.rsplit('-', 1)[1]) % len(cpus)]})\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+)
+
+
+def run(directory: Path, setup: dict[str, Any], num_workers: int, tuner: str,
+        pinned: bool = False) -> dict[str, Any]:
     """One ``autobatch tune --workers N --tuner T`` search from a fresh project directory."""
     from autobatch.search import distributed
 
-    output = directory / f"result-{tuner}-{num_workers}.json"
+    name = f"{tuner}-{num_workers}" + ("-pinned" if pinned else "")
+    output = directory / f"result-{name}.json"
+    pin = ["-c", PIN_TO_OWN_CPU] if pinned else []
     command = [
-        sys.executable, "-m", "autobatch", "tune", str(directory / "model.keras"),
+        sys.executable, *pin, "-m", "autobatch", "tune", str(directory / "model.keras"),
         "--data", str(directory / "train.npz"),
         "--validation-data", str(directory / "validation.npz"),
         "--probe", str(directory / "probe.json"),
         "--batch-sizes", ",".join(map(str, setup["batch_sizes"])),
         "--steps-per-epoch", ",".join(map(str, setup["epoch_fractions"])),
-        "--directory", str(directory / f"search-{tuner}-{num_workers}"),
+        "--directory", str(directory / f"search-{name}"),
         "--tuner", tuner, "--json", str(output), "--quiet",
     ]
     if setup["budget_samples"] is not None:
@@ -93,7 +115,8 @@ def run(directory: Path, setup: dict[str, Any], num_workers: int, tuner: str) ->
     if failed or not output.exists():
         raise RuntimeError(f"{num_workers} worker(s): {failed or 'no result written'}")
     cpu = {o.tuner_id: o.cpu_seconds for o in outcomes}
-    return record(json.loads(output.read_text()), tuner, num_workers, wall, cpu)
+    return {**record(json.loads(output.read_text()), tuner, num_workers, wall, cpu),
+            "pinned": pinned}
 
 
 def record(result: dict[str, Any], tuner: str, num_workers: int, wall: float,
@@ -141,6 +164,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     best = (one["best"]["batch_size"], one["best"]["steps_per_epoch"])
     return {
         "tuner": one.get("tuner", "halving"),
+        "pinned": one.get("pinned", False),
         "speedup_search": one["search_seconds"] / two["search_seconds"],
         "speedup_wall": one["wall_seconds"] / two["wall_seconds"],
         "bound": two_worker_bound(one.get("trained", []), one.get("tuner") != "grid"),
@@ -152,7 +176,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(runs: list[dict[str, Any]]) -> str:
     rows = [
-        [r.get("tuner", "halving"), r["num_workers"], r["wall_seconds"], r["search_seconds"],
+        [r.get("tuner", "halving") + (", pinned" if r.get("pinned") else ""), r["num_workers"],
+         r["wall_seconds"], r["search_seconds"],
          f"{r['best']['batch_size']} x {r['best']['steps_per_epoch']}", r["best"]["val_loss"],
          r["num_trials"], r["cpu_seconds"]["chief"], sum(r["cpu_seconds"].values()),
          f"{100 * r['chief_cpu_share']:.1f}%"]
@@ -168,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-samples", type=int, default=None,
                         help="training samples per candidate (default: tune's)")
     parser.add_argument("--tuners", nargs="+", choices=TUNERS, default=list(TUNERS))
+    parser.add_argument("--pin", action="store_true",
+                        help="also run each pair with every worker confined to a CPU of its own")
     args = parser.parse_args(argv)
+    if args.pin and len(os.sched_getaffinity(0)) < max(NUM_WORKERS):
+        parser.error(f"--pin needs {max(NUM_WORKERS)} CPUs; this process may use "
+                     f"{len(os.sched_getaffinity(0))}")
     _common.prepare_environment()
     metadata = _common.run_metadata("quick" if args.quick else "full")
     with tempfile.TemporaryDirectory(prefix="autobatch-distributed-bench-") as scratch:
@@ -177,20 +207,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"digits: probe {setup['probe_max_batch_size']}, batch sizes {setup['batch_sizes']}",
               flush=True)
         runs = []
-        for tuner in args.tuners:
+        pairs = [(tuner, pinned) for tuner in args.tuners for pinned in (False, True)[:1 + args.pin]]
+        for tuner, pinned in pairs:
             for num_workers in NUM_WORKERS:
-                runs.append(run(directory, setup, num_workers, tuner))
-                print(f"{tuner}, {num_workers} worker(s): {runs[-1]['search_seconds']:.1f} s "
-                      f"search, {runs[-1]['wall_seconds']:.1f} s wall", flush=True)
-    summaries = [summary([r for r in runs if r["tuner"] == tuner]) for tuner in args.tuners]
+                runs.append(run(directory, setup, num_workers, tuner, pinned))
+                print(f"{tuner}{', pinned' if pinned else ''}, {num_workers} worker(s): "
+                      f"{runs[-1]['search_seconds']:.1f} s search, "
+                      f"{runs[-1]['wall_seconds']:.1f} s wall", flush=True)
+    summaries = [summary([r for r in runs if (r["tuner"], r["pinned"]) == pair]) for pair in pairs]
     payload = {**metadata, "setup": setup, "runs": runs, "summary": summaries}
     stem = "distributed_bench" + (f"-budget{args.budget_samples}" if args.budget_samples else "")
     path = _common.write_json(args.results_dir, _common.result_stem(stem, args.quick), payload)
     print(table(runs))
     for s in summaries:
-        print(f"{s['tuner']}: speedup with 2 workers {s['speedup_search']:.2f}x search, "
-              f"{s['speedup_wall']:.2f}x wall (goal >= {SPEEDUP_GOAL}x; at most {s['bound']:.2f}x "
-              f"on the 1-worker run's trial times); same best candidate: "
+        print(f"{s['tuner']}{', pinned' if s['pinned'] else ''}: speedup with 2 workers "
+              f"{s['speedup_search']:.2f}x search, {s['speedup_wall']:.2f}x wall (goal >= "
+              f"{SPEEDUP_GOAL}x; at most {s['bound']:.2f}x on the 1-worker run's trial times); "
+              "same best candidate: "
               f"{s['same_best_candidate']}; same val_loss for every candidate: "
               f"{s['same_val_losses']}")
     print(f"result: {path}")

@@ -2,6 +2,13 @@
 table, on run records shaped as `run` writes them. No processes here (the multi-process
 behaviour is in tests/search/test_distributed.py; the benchmark itself takes minutes)."""
 
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
 from benchmarks import distributed_bench
 
 
@@ -76,3 +83,19 @@ def test_the_record_times_only_trials_that_trained():
     assert record["trained"] == [[100, 2.0], [300, 6.0], [100, 1.0]]
     assert record["candidates"] == [(16, 23, 0.3), (16, 45, 0.25), (64, 6, 0.2)]
     assert record["num_trials"] == 5 and record["chief_cpu_share"] == 0.1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux CPU affinity")
+def test_pinning_confines_a_worker_to_its_own_cpu_and_leaves_the_chief_free():
+    cpus = sorted(os.sched_getaffinity(0))
+    show = ["-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+
+    def affinity(role):
+        done = subprocess.run([sys.executable, "-c", distributed_bench.PIN_TO_OWN_CPU, *show],
+                              env={**os.environ, "KERASTUNER_TUNER_ID": role},
+                              capture_output=True, text=True, check=True)
+        return json.loads(done.stdout)
+
+    assert affinity("chief") == cpus
+    assert affinity("worker-0") == [cpus[0]]
+    assert affinity(f"worker-{len(cpus) + 1}") == [cpus[1 % len(cpus)]]
