@@ -18,6 +18,7 @@ its slowest run bounds it).
     $ nice -n 10 python -m benchmarks.distributed_bench
     $ python -m benchmarks.distributed_bench --quick   # a tiny search: mostly process start-up
     $ nice -n 10 python -m benchmarks.distributed_bench --budget-samples 400000 --tuners grid
+    $ nice -n 10 python -m benchmarks.distributed_bench --task noisy_digits_cnn --pin
 
 The default search is short (9.5-18.5 s with one worker), so starting the processes
 weighs on it; ``--budget-samples`` trains every candidate longer (tune's default budget on
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common
-from benchmarks.tune_bench import EPOCH_FRACTIONS, load_task, space_batch_sizes
+from benchmarks.tune_bench import EPOCH_FRACTIONS, TASKS, load_task, space_batch_sizes
 
 NUM_WORKERS = (1, 2)
 TUNERS = ("halving", "grid")
@@ -51,11 +52,12 @@ TUNERS = ("halving", "grid")
 SPEEDUP_GOAL = 1.6
 
 
-def prepare(directory: Path, quick: bool, budget_samples: int | None = None) -> dict[str, Any]:
+def prepare(directory: Path, quick: bool, budget_samples: int | None = None,
+            task_name: str = "digits") -> dict[str, Any]:
     """The model file, data files and probe file both runs use."""
     import autobatch
 
-    task = load_task("digits")
+    task = load_task(task_name)
     model = task.build(0)
     model.save(directory / "model.keras")
     np.savez(directory / "train.npz", x=task.x_train, y=task.y_train)
@@ -67,7 +69,7 @@ def prepare(directory: Path, quick: bool, budget_samples: int | None = None) -> 
     budget = budget_samples
     if quick:
         batch_sizes, fractions, budget = batch_sizes[:3], [1.0], 3 * len(task.x_train)
-    return {"task": "digits", "num_train": len(task.x_train), "num_val": len(task.x_val),
+    return {"task": task_name, "num_train": len(task.x_train), "num_val": len(task.x_val),
             "probe_max_batch_size": probe.max_batch_size, "batch_sizes": batch_sizes,
             "epoch_fractions": fractions, "budget_samples": budget}
 
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-samples", type=int, default=None,
                         help="training samples per candidate (default: tune's)")
     parser.add_argument("--tuners", nargs="+", choices=TUNERS, default=list(TUNERS))
+    parser.add_argument("--task", choices=TASKS, default="digits",
+                        help="tune_bench's task to search (default: digits, issue 13's)")
     parser.add_argument("--pin", action="store_true",
                         help="also run each pair with every worker confined to a CPU of its own")
     args = parser.parse_args(argv)
@@ -203,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     metadata = _common.run_metadata("quick" if args.quick else "full")
     with tempfile.TemporaryDirectory(prefix="autobatch-distributed-bench-") as scratch:
         directory = Path(scratch)
-        setup = prepare(directory, args.quick, args.budget_samples)
-        print(f"digits: probe {setup['probe_max_batch_size']}, batch sizes {setup['batch_sizes']}",
+        setup = prepare(directory, args.quick, args.budget_samples, args.task)
+        print(f"{args.task}: probe {setup['probe_max_batch_size']}, batch sizes {setup['batch_sizes']}",
               flush=True)
         runs = []
         pairs = [(tuner, pinned) for tuner in args.tuners for pinned in (False, True)[:1 + args.pin]]
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{runs[-1]['wall_seconds']:.1f} s wall", flush=True)
     summaries = [summary([r for r in runs if (r["tuner"], r["pinned"]) == pair]) for pair in pairs]
     payload = {**metadata, "setup": setup, "runs": runs, "summary": summaries}
-    stem = "distributed_bench" + (f"-budget{args.budget_samples}" if args.budget_samples else "")
+    stem = "distributed_bench" + (f"-{args.task}" if args.task != "digits" else "")
+    stem += f"-budget{args.budget_samples}" if args.budget_samples else ""
     path = _common.write_json(args.results_dir, _common.result_stem(stem, args.quick), payload)
     print(table(runs))
     for s in summaries:
