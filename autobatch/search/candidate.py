@@ -300,15 +300,18 @@ def train_candidates(
     for epoch, val_loss in enumerate(resume.val_losses if resume else [], start=1):
         for follower in followers:
             follower.see(epoch, val_loss)
-    budget_seconds = candidates[0].budget_seconds
-    watcher = _watcher(followers, budget_seconds, deadline, resume,
-                       _pass_ends(samples_per_pass, batch_size, steps))
     budget = candidates[0].budget_samples
     cap_steps = None
+    pass_ends = _pass_ends(samples_per_pass, batch_size, steps)
     if epochs == 1 and budget is not None and steps * batch_size > budget:
         # One epoch holds more than the budget: stop inside it (Keras still validates).
         cap_steps = math.ceil(budget / batch_size)
         callbacks = [_step_cap(cap_steps), *(callbacks or [])]
+        # The cut epoch is no whole pass: a later round continuing from it would count it
+        # as one and train another run than fit_kwargs() names (a winner scored at 0.43
+        # retrained to 0.15). Such a run is not kept; a later round trains afresh.
+        pass_ends = _pass_ends(None, batch_size, steps)
+    watcher = _watcher(followers, candidates[0].budget_seconds, deadline, resume, pass_ends)
     out_of_memory = False
     started = time.perf_counter()
     reading = None

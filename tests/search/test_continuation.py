@@ -102,6 +102,28 @@ def test_fit_kwargs_of_a_continued_winner_repeat_its_run_from_fresh_weights(tmp_
     assert history.history["val_loss"][-1] == pytest.approx(result.val_loss, rel=1e-6)
 
 
+def test_a_round_cut_inside_its_epoch_is_not_continued_as_a_whole_pass(tmp_path, probed):
+    # Round one's 64 samples end half-way through batch 8's one epoch of 128: continued as
+    # if that epoch were whole, the winner's run was 64 + 128 samples, scored 0.43, while
+    # fit_kwargs() (two epochs of 16 steps) trained 256 and gave 0.15.
+    x, y = regression_data()
+    model = make_model()
+    result = autobatch.tune(model, (x, y), **small_search(
+        tmp_path, probe=probed, tuner="halving", batch_sizes=[8, 16, 32], steps_per_epoch=[1.0],
+        budget_samples=256))
+    cut = result.trials[0]
+    assert cut.samples_seen < cut.steps_per_epoch * cut.batch_size  # the case in question
+    winner = result.ranked_trials()[0]
+    assert result.epochs > 1
+
+    again = make_model()
+    history = again.fit(x, y, validation_split=0.2, verbose=0, **result.fit_kwargs())
+    assert history.history["val_loss"] == pytest.approx(
+        winner.val_loss_history[:result.epochs], rel=1e-6)
+    # Its samples are the whole epochs fit_kwargs() names, not a cut one and a whole one.
+    assert winner.samples_seen == result.epochs * result.steps_per_epoch * result.batch_size
+
+
 def scripted_fit(val_losses):
     """A ``fit`` that trains nothing and reports ``val_losses[epoch]`` at each epoch end."""
 
