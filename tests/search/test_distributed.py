@@ -324,6 +324,29 @@ def test_a_worker_killed_mid_trial_loses_nothing_and_the_search_ends(files):
     assert oracle["ongoing_trials"] == {}
 
 
+def test_a_workers_winner_retrains_to_the_val_loss_it_reported(files):
+    # The retraining a user runs after a search: seeded as `autobatch tune --seed 0` seeds
+    # its own process, then fit at the result's fit_kwargs(). Workers once seeded each
+    # candidate from its values, and no retraining could repeat their runs.
+    import keras
+
+    import autobatch
+
+    port = distributed.free_port()
+    chief = start_chief(files, port, timeout=4.0)
+    worker = start_worker(files, port, "worker-0")
+    for process in (worker, chief):
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+    result = autobatch.TuneResult.from_json(files / "result.json")
+    arrays = np.load(files / "train.npz")
+    keras.utils.set_random_seed(0)
+    model = keras.models.load_model(files / "model.keras")
+    history = model.fit(arrays["x"], arrays["y"], validation_split=0.2, verbose=0,
+                        **result.fit_kwargs())
+    assert history.history["val_loss"][-1] == pytest.approx(result.val_loss, rel=1e-6)
+
+
 def test_workers_stop_when_the_chief_is_gone(files):
     port = distributed.free_port()
     chief = start_chief(files, port, timeout=2.0)
