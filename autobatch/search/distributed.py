@@ -451,9 +451,10 @@ class WorkerClient:
         if handshake.get("project") != project_name:
             raise DistributedSearchError(
                 f"The chief at {self.address} runs the search {handshake.get('project')!r}, this "
-                f"worker the search {project_name!r}. Start every process with the same model, "
-                "data and options, and the same probe (probe= / --probe from one "
-                "autobatch.probe), so that they search the same batch sizes."
+                f"worker the search {project_name!r}. Start every process with the same model "
+                "and weights (one model file, or keras.utils.set_random_seed before building "
+                "it), data and options, and the same probe (probe= / --probe from one "
+                "autobatch.probe), so that they search the same batch sizes from the same start."
             )
         path = os.path.join(self.project_dir, MARKER_FILE)
         try:

@@ -4,9 +4,12 @@ keras-tuner reloads a project directory that exists, and a reloaded project keep
 space even when the new call declares other values (see ../shared/PITFALLS.md). So the
 project's name is a digest of everything that defines the search: the space (which holds
 the probed limit), the budget, the tuner, the data's shape and a sample of its values, and
-the model's architecture and compile settings. The same call again resumes; a changed one
-gets a new project. Model *weights* are left out on purpose: a process that crashed and
-rebuilt the same model (new random weights) should resume its search.
+the model's architecture, compile settings and a sample of its weights (every candidate
+starts from them). The same call again resumes; a changed one gets a new project. With
+weights left out, a model trained since an earlier search got that search's result back at
+once, trained from other weights; a process that crashed and rebuilds its model resumes
+when the weights come out the same (a model file, or ``keras.utils.set_random_seed``
+before building).
 
 Next to keras-tuner's trials, `RunStore` keeps autobatch's shared training runs: each run's
 outcomes (JSON) and, for a run a later round may continue, the model's and optimizer's
@@ -59,8 +62,8 @@ def _model_name(model: Any) -> str:
 
 
 def model_identity(model: Any) -> dict[str, Any]:
-    """Architecture and compile settings, without layer names (they get numbered per process)
-    and without weights."""
+    """Architecture, compile settings and a sample of the weights' values, without layer
+    names (they get numbered per process)."""
     import keras
 
     if not isinstance(model, keras.Model):  # a keras_tuner.HyperModel
@@ -69,6 +72,7 @@ def model_identity(model: Any) -> dict[str, Any]:
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "layers": [_layer_identity(layer) for layer in model.layers],
         "weights": [(tuple(w.shape), str(w.dtype)) for w in model.weights],
+        "values": _sample_digest(np.asarray(w.numpy()) for w in model.weights),
         "optimizer": _without_names(keras.optimizers.serialize(model.optimizer)),
         "loss": repr(getattr(model, "loss", None)),
     }
@@ -86,18 +90,21 @@ def _layer_identity(layer: Any) -> Any:
 def data_identity(data: TrainingData) -> dict[str, Any]:
     identity: dict[str, Any] = {"form": data.description, "num_samples": data.num_samples}
     if isinstance(data, ArrayData):
-        digest = hashlib.blake2b(digest_size=8)
-        for part in (data.x, data.y, data.sample_weight):
-            if part is None:
-                continue
-            for leaf in _leaves(part):
-                array = np.asarray(leaf)
-                digest.update(f"{array.shape}{array.dtype}".encode())
-                flat = array.reshape(-1)
-                head = flat[: max(1, _SAMPLE_BYTES // max(1, array.itemsize))]
-                digest.update(head.tobytes() if array.dtype != object else repr(head).encode())
-        identity["sample"] = digest.hexdigest()
+        parts = (data.x, data.y, data.sample_weight)
+        identity["sample"] = _sample_digest(
+            np.asarray(leaf) for part in parts if part is not None for leaf in _leaves(part))
     return identity
+
+
+def _sample_digest(arrays: Iterator[np.ndarray]) -> str:
+    """A digest of each array's shape, dtype and first ``_SAMPLE_BYTES`` bytes."""
+    digest = hashlib.blake2b(digest_size=8)
+    for array in arrays:
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        flat = array.reshape(-1)
+        head = flat[: max(1, _SAMPLE_BYTES // max(1, array.itemsize))]
+        digest.update(head.tobytes() if array.dtype != object else repr(head).encode())
+    return digest.hexdigest()
 
 
 def _without_names(value: Any) -> Any:

@@ -204,6 +204,27 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, probed):
     assert_untouched(model, before)
 
 
+def test_a_model_trained_since_gets_a_new_search_and_the_same_weights_resume(tmp_path, probed):
+    # A new user tuned a model, trained it, tuned it again: the second call returned the
+    # first search's result at once (val_loss equal to every digit), trained from the
+    # weights the model had before.
+    x, y = regression_data()
+    model = make_model()
+    first = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed))
+
+    rebuilt = make_model()  # the same seed, so the same weights: the search resumes
+    rebuilt.name = model.name  # (a process that rebuilds it numbers it anew: sequential_1)
+    again = FakeMemory(2**40)
+    resumed = autobatch.tune(rebuilt, (x, y), **small_search(tmp_path, probe=probed, memory=again))
+    assert again.trial_batch_sizes == [] and resumed.directory == first.directory
+
+    model.fit(x, y, epochs=1, verbose=0)
+    trained = FakeMemory(2**40)
+    second = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed, memory=trained))
+    assert trained.trial_batch_sizes == [16, 32, 64]
+    assert second.directory != first.directory and second.val_loss != first.val_loss
+
+
 def test_a_changed_search_gets_its_own_project(tmp_path, probed):
     x, y = regression_data()
     model = make_model()
