@@ -75,8 +75,10 @@ def tune(
     Probes the largest batch that fits (unless ``probe`` is given), then lets keras-tuner
     search batch sizes up to it (powers of two from 16, plus the maximum) times
     steps_per_epoch (a quarter, half or whole pass over the data). Every candidate starts
-    from the model's initial weights with a fresh optimizer and trains on the same number of
-    samples (``budget_samples``), validating after each epoch; early stopping ends a
+    from the model's weights and its optimizer's state as passed (fresh, unless the model
+    has trained: then its step count and moments, which the next ``fit`` continues) and
+    trains on the same number of samples (``budget_samples``), validating after each
+    epoch; early stopping ends a
     hopeless one. A candidate promoted to a later round ("halving", "hyperband") continues
     its run from its last whole pass (weights, optimizer, counters, early stopping) rather
     than starting again, and ``epochs`` counts every round. Candidates that differ only in

@@ -225,6 +225,19 @@ def test_a_model_trained_since_gets_a_new_search_and_the_same_weights_resume(tmp
     assert second.directory != first.directory and second.val_loss != first.val_loss
 
 
+def test_a_trained_models_next_fit_at_fit_kwargs_repeats_the_winners_run(tmp_path, probed):
+    # Fine-tuning: the caller's next fit continues the optimizer's step count and moments,
+    # so the candidates do too (a new user's tune said 0.386, the retraining gave 0.379).
+    x, y = regression_data()
+    model = make_model()
+    model.fit(x, y, epochs=2, verbose=0)
+    before = model_state(model)
+    result = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed))
+    assert_untouched(model, before)
+    history = model.fit(x, y, validation_split=0.2, verbose=0, **result.fit_kwargs())
+    assert history.history["val_loss"][-1] == pytest.approx(result.val_loss, rel=1e-6)
+
+
 def test_a_changed_search_gets_its_own_project(tmp_path, probed):
     x, y = regression_data()
     model = make_model()
