@@ -597,8 +597,10 @@ def _run_tune(args: argparse.Namespace) -> int:
         result = autobatch.tune(model, data, **options)
     if role == "worker":  # the chief has the whole search, and writes it
         if not args.quiet:
-            report.error_line(f"worker done: the chief at {os.environ[distributed.ORACLE_IP]}:"
-                              f"{os.environ[distributed.ORACLE_PORT]} has the result")
+            report.show_message(
+                f"worker finished: the chief at {os.environ[distributed.ORACLE_IP]}:"
+                f"{os.environ[distributed.ORACLE_PORT]} has the result",
+                console=report.console_for(stderr=True))
         return EXIT_OK
     _write_outputs(result, args)
     return EXIT_OK
@@ -636,11 +638,15 @@ def _launch_workers(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="autobatch-workers-") as scratch:
         if args.probe is None:
             probe_file = os.path.join(scratch, "probe.json")
+            # Quiet: its tables would name a file deleted with this folder, and the chief's
+            # result shows the probe again.
             probe_command = [sys.executable, "-m", "autobatch", "probe", str(args.model),
-                             "--data", str(args.data), "--json", probe_file]
+                             "--data", str(args.data), "--json", probe_file, "--quiet"]
             if args.memory_limit is not None:
                 probe_command += ["--memory-limit", str(args.memory_limit)]
-            probe_command += ["--quiet"] if args.quiet else []
+            if not args.quiet:
+                report.show_message("probing the largest batch that fits, once for every "
+                                    "worker...", console=report.console_for(stderr=True))
             probed = subprocess.run(probe_command, check=False, env=env)
             if probed.returncode != EXIT_OK:
                 return probed.returncode

@@ -347,6 +347,24 @@ def test_a_workers_winner_retrains_to_the_val_loss_it_reported(files):
     assert history.history["val_loss"][-1] == pytest.approx(result.val_loss, rel=1e-6)
 
 
+def test_workers_on_this_machine_print_one_result_and_no_error(files):
+    # A new user's `--workers 2` printed the probe's tables naming a temporary file deleted
+    # when the command ended, then the probe again in the chief's result.
+    command = [
+        sys.executable, "-m", "autobatch", "tune", str(files / "model.keras"),
+        "--data", str(files / "train.npz"), "--tuner", "halving", "--batch-sizes", "8,16,32",
+        "--steps-per-epoch", "1.0", "--budget-samples", "256", "--workers", "2",
+        "--directory", str(files / "search"), "--json", str(files / "result.json"),
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=environment(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "autobatch-workers-" not in done.stdout + done.stderr
+    assert "autobatch: error" not in done.stderr
+    assert done.stdout.count(str(files / "result.json")) == 1
+    assert done.stdout.count("Probe:") == 1  # the chief's result shows the probe, once
+
+
 def test_workers_stop_when_the_chief_is_gone(files):
     port = distributed.free_port()
     chief = start_chief(files, port, timeout=2.0)
