@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import math
+import warnings
 from typing import Any
 
 import keras_tuner
@@ -189,12 +190,22 @@ class BatchHyperModel(keras_tuner.HyperModel):
         """Give the search optimizer the state the caller's had when the search began, all
         but its (possibly scaled) learning rate."""
         saved = self._initial_optimizer
+        if saved is None:
+            return
         variables = self._search_optimizer.variables
-        if saved is None or len(saved) != len(variables):
+        if [tuple(v.shape) for v in variables] != [value.shape for value in saved]:
+            # E.g. layers frozen since the last compile: the caller's next fit will rebuild
+            # its optimizer too, so a fresh start is the closer match; say so once.
+            warnings.warn(
+                f"The model's {type(self.base_optimizer).__name__} holds state for other "
+                "variables than the model trains now (recompile after freezing layers); the "
+                "candidates start with a fresh optimizer, so a fit at fit_kwargs() on this "
+                "model object may not repeat the winner's run exactly.", stacklevel=2)
+            self._initial_optimizer = None
             return
         learning_rate = getattr(self._search_optimizer, "_learning_rate", None)
         for variable, value in zip(variables, saved, strict=True):
-            if variable is not learning_rate and tuple(variable.shape) == value.shape:
+            if variable is not learning_rate:
                 variable.assign(value)
 
 

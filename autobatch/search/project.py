@@ -74,6 +74,11 @@ def model_identity(model: Any) -> dict[str, Any]:
         "weights": [(tuple(w.shape), str(w.dtype)) for w in model.weights],
         "values": _sample_digest(np.asarray(w.numpy()) for w in model.weights),
         "optimizer": _without_names(keras.optimizers.serialize(model.optimizer)),
+        # Candidates start from the state of an optimizer that has stepped (see
+        # BatchHyperModel); a built one that has not (a model loaded from a file) is fresh.
+        "optimizer_state": _sample_digest(
+            np.asarray(v.numpy()) for v in model.optimizer.variables
+        ) if model.optimizer.built and int(model.optimizer.iterations.numpy()) > 0 else None,
         "loss": repr(getattr(model, "loss", None)),
     }
 

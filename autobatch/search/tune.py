@@ -197,7 +197,7 @@ def tune(
         model, user_hypermodel, tuner=tuner, validation_split=validation_split,
         budget_samples=budget_samples, budget_seconds=budget_seconds, patience=patience,
         min_delta=min_delta, lr_scaling=lr_scaling, reference_batch_size=reference_batch_size,
-        max_trials=max_trials, callbacks=callbacks, probe=probe, verbose=verbose,
+        max_trials=max_trials, callbacks=callbacks, probe=probe, verbose=verbose, seed=seed,
     )
     seconds_budget = parse_duration(time_budget, "time_budget")
     train, validation = _training_and_validation(
@@ -221,7 +221,7 @@ def tune(
             "seed": seed,
             # 2: Keras' validation split, divisor steps, shared runs: old trials differ.
             # 3: halving by batch size, continued runs: old rounds mean something else.
-            "search_version": 3,
+            "search_version": 4,
             "validation": "given" if validation_data is not None else validation_split,
         }
         noise = _NoiseScale(train, seed)
@@ -259,6 +259,7 @@ def _check_arguments(
     model: Any, user_hypermodel: Any, *, tuner: Any, validation_split: Any,
     budget_samples: Any, budget_seconds: Any, patience: Any, min_delta: Any, lr_scaling: Any,
     reference_batch_size: Any, max_trials: Any, callbacks: Any, probe: Any, verbose: Any,
+    seed: Any,
 ) -> None:
     """Raise a typed error for any bad argument, before any work is done."""
     from autobatch import report
@@ -275,6 +276,12 @@ def _check_arguments(
         min_delta=min_delta, lr_scaling=lr_scaling, lr_scalings=LR_SCALINGS,
         reference_batch_size=reference_batch_size, max_trials=max_trials,
     )
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):
+        # Workers seed Keras with it, and NumPy refuses seeds outside this range.
+        raise InvalidArgumentError(
+            f"seed={seed!r}; expected an integer from 0 to 2**32 - 1, or None for a random "
+            "search."
+        )
     constant_rate = user_hypermodel is not None or learning_rate_of(model.optimizer) is not None
     if lr_scaling is not None and not constant_rate:
         raise InvalidArgumentError(

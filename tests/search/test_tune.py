@@ -238,6 +238,30 @@ def test_a_trained_models_next_fit_at_fit_kwargs_repeats_the_winners_run(tmp_pat
     assert history.history["val_loss"][-1] == pytest.approx(result.val_loss, rel=1e-6)
 
 
+def test_the_same_weights_with_another_optimizer_state_get_a_new_search(tmp_path, probed):
+    # Candidates start from the state of an optimizer that has stepped: a search scored
+    # from one state does not answer for another.
+    x, y = regression_data()
+    model = make_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    first = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed))
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse", metrics=["mae"])
+    fresh = FakeMemory(2**40)
+    second = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed, memory=fresh))
+    assert fresh.trial_batch_sizes == [16, 32, 64] and second.directory != first.directory
+
+
+def test_an_optimizer_built_for_other_variables_starts_fresh_and_says_so(tmp_path, probed):
+    x, y = regression_data()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    model.layers[0].trainable = False  # frozen, not recompiled: the state is for 4 variables
+    with pytest.warns(UserWarning, match="start with a fresh optimizer"):
+        result = autobatch.tune(model, (x, y), **small_search(tmp_path, probe=probed))
+    assert result.val_loss is not None
+
+
 def test_a_changed_search_gets_its_own_project(tmp_path, probed):
     x, y = regression_data()
     model = make_model()
@@ -305,6 +329,8 @@ def test_an_infinite_dataset_with_its_size_stated_is_searched(tmp_path, probed):
         ({"budget_samples": 0}, InvalidArgumentError, r"budget_samples=0; expected a positive"),
         ({"probe": 128}, InvalidArgumentError, r"probe is an int. Expected the ProbeResult"),
         ({"verbose": 2}, InvalidArgumentError, r"verbose=2; expected 0 \(print nothing\) or 1"),
+        ({"seed": -1}, InvalidArgumentError, r"seed=-1; expected an integer from 0 to 2\*\*32"),
+        ({"seed": 2**32}, InvalidArgumentError, r"seed=4294967296; expected an integer"),
     ],
 )
 def test_bad_options_are_rejected_before_any_training(tmp_path, arguments, error, match):
