@@ -77,20 +77,19 @@ def tune(
     steps_per_epoch (a quarter, half or whole pass over the data). Every candidate starts
     from the model's weights and its optimizer's state as passed (fresh, unless the model
     has trained: then its step count and moments, which the next ``fit`` continues) and
-    trains on the same number of samples (``budget_samples``), validating after each
-    epoch; early stopping ends a
-    hopeless one. A candidate promoted to a later round ("halving", "hyperband") continues
-    its run from its last whole pass (weights, optimizer, counters, early stopping) rather
-    than starting again, and ``epochs`` counts every round. Candidates that differ only in
-    steps_per_epoch train the same steps, so they share one run validated at the finest of
-    them. A candidate's score is its best
-    ``val_loss``, and ``epochs`` the epoch count that reached it, so
-    ``model.fit(x, y, validation_split=0.2, **result.fit_kwargs())`` repeats the winning run
-    (exactly, when Keras was seeded with ``keras.utils.set_random_seed`` before the model was
-    built; for a dataset: ``model.fit(dataset.batch(result.batch_size), ...)``). Ties go to
-    the candidate `autobatch.results.ranked_trials` puts first. A candidate that runs out
-    of memory or whose loss becomes NaN is skipped. The model's weights, optimizer and compile
-    settings are as before afterwards, whatever happens.
+    trains on the same number of samples (``budget_samples``), validating after each epoch;
+    early stopping ends a hopeless one. A candidate promoted to a later round ("halving",
+    "hyperband") continues its run from its last whole pass (weights, optimizer, counters,
+    early stopping) rather than starting again, and ``epochs`` counts every round.
+    Candidates that differ only in steps_per_epoch train the same steps, so they share one
+    run validated at the finest of them. A candidate's score is its best ``val_loss``, and
+    ``epochs`` the epoch count that reached it, so ``model.fit(x, y, validation_split=0.2,
+    **result.fit_kwargs())`` repeats the winning run (exactly, when Keras was seeded with
+    ``keras.utils.set_random_seed`` before the model was built; for a dataset:
+    ``model.fit(dataset.batch(result.batch_size), ...)``). Ties go to the candidate
+    `autobatch.results.ranked_trials` puts first. A candidate that runs out of memory or
+    whose loss becomes NaN is skipped. The model's weights, optimizer and compile settings
+    are as before afterwards, whatever happens.
 
     Args:
         model: A compiled ``keras.Model``, or a ``keras_tuner.HyperModel`` whose ``build(hp)``
@@ -221,6 +220,8 @@ def tune(
             "seed": seed,
             # 2: Keras' validation split, divisor steps, shared runs: old trials differ.
             # 3: halving by batch size, continued runs: old rounds mean something else.
+            # 4: rounds cut inside an epoch not continued, workers seeded with the seed,
+            #    candidates from a trained optimizer's state: old trials trained otherwise.
             "search_version": 4,
             "validation": "given" if validation_data is not None else validation_split,
         }
