@@ -69,9 +69,12 @@ class _Progress(_Silent):
 
     label = "working"
 
-    def __init__(self, total: int | None = None, console: Any = None) -> None:
+    def __init__(self, total: int | None = None, console: Any = None, *,
+                 at_most: bool = False) -> None:
         self.console = console or _console()
         self.total = total
+        #: ``total`` is a bound the work may stop short of (successive halving's schedule).
+        self.at_most = at_most
         self.num_started = 0
         self.num_done = 0
         self.began = time.monotonic()
@@ -132,11 +135,17 @@ class _Progress(_Silent):
         elapsed = time.monotonic() - self.began
         text = f"{_clock(elapsed)} elapsed"
         if self.total is not None:
-            text = f"{self.num_done}/{self.total} done, {text}"
+            text = f"{self.num_done}{self._of_total()} done, {text}"
             if 0 < self.num_done < self.total:
                 left = elapsed / self.num_done * (self.total - self.num_done)
-                text += f", about {_clock(left)} left"
+                text += f", {'at most ' if self.at_most else ''}about {_clock(left)} left"
         return text
+
+    def _of_total(self) -> str:
+        """"/38", or " of at most 38" for a bound; "" when the total is unknown."""
+        if self.total is None:
+            return ""
+        return f" of at most {self.total}" if self.at_most else f"/{self.total}"
 
 
 def _escape(text: Any) -> str:
@@ -663,9 +672,8 @@ class _TuneProgress(_Progress):
     label = "tuning"
 
     def trial_started(self, batch_size: int, steps_per_epoch: int | None = None) -> None:
-        of_total = "" if self.total is None else f"/{self.total}"
         self._started(
-            f"tuning: candidate {self.num_started + 1}{of_total}, batch {batch_size:,} x "
+            f"tuning: candidate {self.num_started + 1}{self._of_total()}, batch {batch_size:,} x "
             f"{steps_per_epoch} steps/epoch"
         )
 
@@ -686,12 +694,14 @@ class _TuneProgress(_Progress):
         self.console.print(tune_summary(result))
 
 
-def tune_progress(verbose: int, total: int | None = None, *, console: Any = None) -> _Silent:
+def tune_progress(verbose: int, total: int | None = None, *, console: Any = None,
+                  at_most: bool = False) -> _Silent:
     """The progress display of a search: silent for verbose=0.
 
-    ``total`` is the number of trials the search expects to run (None when unknown). The
+    ``total`` is the number of trials the search expects to run (None when unknown;
+    ``at_most``: the most it may run, as successive halving may end sooner). The
     search calls ``trial_started(batch_size, steps_per_epoch)`` when a candidate starts
     training, ``trial_done(trial)`` with its `TuneTrial` when it ends, and ``done(result)``
     at the end, inside ``with progress:``.
     """
-    return _TuneProgress(total, console=console) if verbose else _Silent()
+    return _TuneProgress(total, console=console, at_most=at_most) if verbose else _Silent()

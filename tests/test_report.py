@@ -285,6 +285,16 @@ def test_tune_progress_elsewhere_is_plain_lines_with_the_time_so_far_and_left(ca
     assert "\x1b" not in err  # no cursor movement or colour in a log file
 
 
+def test_tune_progress_of_a_search_that_may_end_sooner_counts_against_a_bound(capsys):
+    # A new user's halving search ended "(34/38 done ...)" where the summary said 34
+    # trials: halving's schedule is the most it may run.
+    with report.tune_progress(1, total=38, at_most=True) as progress:
+        progress.trial_started(16, 90)
+        progress.trial_done(tune_trial(16, 90, 0.3))
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "(1 of at most 38 done" in line and ", at most about " in line, line
+
+
 def test_tune_progress_is_silent_with_verbose_0(capsys):
     with report.tune_progress(0, total=3) as progress:
         progress.trial_started(16, 80)

@@ -407,6 +407,7 @@ def _search(
     progress = report.tune_progress(
         verbose,
         total=_expected_trials(plan.tuner, plan.space.size, plan.candidates, plan.max_trials),
+        at_most=plan.candidates is not None,  # halving may end before its last round
     )
     oracle = make_oracle(
         plan.tuner, max_trials=plan.max_trials, seed=None if seed is None else seed + 1,
