@@ -67,7 +67,7 @@ def table(entries: list[dict[str, Any]]) -> str:
     mib = _common.mib
     return _common.markdown_table(
         ["model", "batch", "first peak (MiB)", "peak after the other trials (MiB)", "drift (MiB)",
-         "held before the repeat (MiB)", "drift / first increment"],
+         "held since the first trial (MiB)", "drift / first increment"],
         [
             [
                 e["model"], e["repeat"], mib(e["trials"][0]["peak_bytes"]),
