@@ -275,14 +275,8 @@ def _check_arguments(
         tuner=tuner, tuners=TUNERS, validation_split=validation_split,
         budget_samples=budget_samples, budget_seconds=budget_seconds, patience=patience,
         min_delta=min_delta, lr_scaling=lr_scaling, lr_scalings=LR_SCALINGS,
-        reference_batch_size=reference_batch_size, max_trials=max_trials,
+        reference_batch_size=reference_batch_size, max_trials=max_trials, seed=seed,
     )
-    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):
-        # Workers seed Keras with it, and NumPy refuses seeds outside this range.
-        raise InvalidArgumentError(
-            f"seed={seed!r}; expected an integer from 0 to 2**32 - 1, or None for a random "
-            "search."
-        )
     constant_rate = user_hypermodel is not None or learning_rate_of(model.optimizer) is not None
     if lr_scaling is not None and not constant_rate:
         raise InvalidArgumentError(
@@ -587,7 +581,7 @@ def _kept_as_it_was(model: Any) -> Any:
 def _check_options(
     *, tuner: Any, tuners: tuple, validation_split: Any, budget_samples: Any,
     budget_seconds: Any, patience: Any, min_delta: Any, lr_scaling: Any, lr_scalings: tuple,
-    reference_batch_size: Any, max_trials: Any,
+    reference_batch_size: Any, max_trials: Any, seed: Any,
 ) -> None:
     """Raise `InvalidArgumentError` for an option out of range, before any work is done."""
     if tuner not in tuners:
@@ -629,6 +623,12 @@ def _check_options(
     if max_trials is not None and not (_is_int(max_trials) and max_trials >= 1):
         raise InvalidArgumentError(
             f"max_trials={max_trials!r}; expected a positive integer or None."
+        )
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):
+        # Workers seed Keras with it, and NumPy refuses seeds outside this range.
+        raise InvalidArgumentError(
+            f"seed={seed!r}; expected an integer from 0 to 2**32 - 1, or None for a random "
+            "search."
         )
 
 
